@@ -1,0 +1,157 @@
+"""Configuration: presets, the reference YAML format, and overrides."""
+
+import dataclasses
+import pathlib
+import textwrap
+
+import pytest
+
+from hrnet_jax import config
+
+REFERENCE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def test_hrnet_w32_is_mpii_16_joints_256x256_input_64x64_heatmaps_sigma_2():
+    cfg = config.get_config("hrnet_w32")
+    assert cfg.model.num_joints == 16
+    assert cfg.model.image_size == (256, 256)
+    assert cfg.model.heatmap_size == (64, 64)
+    assert cfg.model.sigma == 2
+    assert cfg.dataset.name == "mpii"
+
+
+def test_hrnet_w32_stages_have_1_4_3_modules_of_4_basic_blocks():
+    m = config.get_config("hrnet_w32").model
+    assert [s.num_modules for s in (m.stage2, m.stage3, m.stage4)] == [1, 4, 3]
+    for stage in (m.stage2, m.stage3, m.stage4):
+        assert stage.block == "BASIC"
+        assert set(stage.num_blocks) == {4}
+    assert m.stage4.num_channels == (32, 64, 128, 256)
+
+
+def test_any_width_preset_doubles_the_width_per_branch():
+    m = config.get_config("hrnet_w8").model
+    assert m.stage2.num_channels == (8, 16)
+    assert m.stage3.num_channels == (8, 16, 32)
+    assert m.stage4.num_channels == (8, 16, 32, 64)
+    assert config.get_config("hrnet_w48").model.stage4.num_channels == (48, 96, 192, 384)
+
+
+def test_coco_preset_is_17_joints_width_192_height_256_heatmap_48x64():
+    cfg = config.get_config("hrnet_w32_coco")
+    assert cfg.model.num_joints == 17
+    assert cfg.model.image_size == (192, 256)
+    assert cfg.model.heatmap_size == (48, 64)
+
+
+def test_training_recipe_is_adam_1e_3_decayed_tenfold_at_epochs_170_and_200_over_210():
+    t = config.get_config("hrnet_w32").train
+    assert (t.optimizer, t.lr, t.lr_factor, t.lr_step, t.end_epoch) == ("adam", 1e-3, 0.1, (170, 200), 210)
+    assert t.batch_size_per_device == 32
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="hrnet_w32"):
+        config.get_config("resnet50")
+
+
+def test_override_parses_values_to_the_field_type():
+    cfg = config.override(config.get_config("hrnet_w8"),
+                          ["train.lr=5e-4", "model.image_size=128,128", "test.flip_test=false",
+                           "train.lr_step=[3, 4]", "workers=0"])
+    assert cfg.train.lr == 5e-4
+    assert cfg.model.image_size == (128, 128)
+    assert cfg.test.flip_test is False
+    assert cfg.train.lr_step == (3, 4)
+    assert cfg.workers == 0
+
+
+def test_override_of_an_unknown_key_names_the_key():
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        config.override(config.get_config("hrnet_w8"), ["train.learning_rate=1"])
+
+
+def test_config_survives_a_round_trip_through_plain_dicts():
+    cfg = config.get_config("hrnet_w48_coco")
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def _write_reference_style_yaml(path: pathlib.Path) -> None:
+    # A shortened experiment file in the reference's format (upper-case keys, MODEL.EXTRA stages).
+    path.write_text(textwrap.dedent("""\
+        GPUS: (0,1,2,3)
+        WORKERS: 8
+        PRINT_FREQ: 50
+        CUDNN:
+          BENCHMARK: true
+        DATASET:
+          DATASET: mpii
+          ROOT: 'data/mpii/'
+          FLIP: true
+          ROT_FACTOR: 30
+          SCALE_FACTOR: 0.25
+          PROB_HALF_BODY: -1.0
+        MODEL:
+          NAME: pose_hrnet
+          NUM_JOINTS: 16
+          IMAGE_SIZE: [256, 256]
+          HEATMAP_SIZE: [64, 64]
+          SIGMA: 2
+          EXTRA:
+            FINAL_CONV_KERNEL: 1
+            STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [4, 4],
+                     NUM_CHANNELS: [16, 32], FUSE_METHOD: SUM}
+            STAGE3: {NUM_MODULES: 2, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [4, 4, 4],
+                     NUM_CHANNELS: [16, 32, 64], FUSE_METHOD: SUM}
+            STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [4, 4, 4, 4],
+                     NUM_CHANNELS: [16, 32, 64, 128], FUSE_METHOD: SUM}
+        TRAIN:
+          BATCH_SIZE_PER_GPU: 24
+          LR: 0.0005
+          LR_STEP: [100, 150]
+          END_EPOCH: 160
+        TEST:
+          FLIP_TEST: false
+        """))
+
+
+def test_reference_format_yaml_sets_stages_and_recipe(tmp_path):
+    path = tmp_path / "w16.yaml"
+    _write_reference_style_yaml(path)
+    cfg = config.get_config(str(path))
+    assert cfg.model.stage3.num_modules == 2
+    assert cfg.model.stage4.num_channels == (16, 32, 64, 128)
+    assert cfg.train.batch_size_per_device == 24
+    assert cfg.train.lr == 5e-4
+    assert cfg.train.lr_step == (100, 150)
+    assert cfg.test.flip_test is False
+    assert cfg.workers == 8 and cfg.print_freq == 50
+
+
+def test_yaml_stage_with_inconsistent_branch_count_is_rejected_by_name(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("MODEL:\n  EXTRA:\n    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, "
+                    "NUM_BLOCKS: [4], NUM_CHANNELS: [32, 64]}\n")
+    with pytest.raises(ValueError, match="STAGE2"):
+        config.get_config(str(path))
+
+
+def test_missing_yaml_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        config.get_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("name,width", [("mpii_w32_256x256_adam_lr1e-3.yaml", 32),
+                                        ("mpii_w48_256x256_adam_lr1e-3.yaml", 48)])
+def test_reference_mpii_experiment_files_equal_the_presets_but_for_paths_and_workers(name, width):
+    path = REFERENCE / name
+    if not path.exists():
+        pytest.skip(f"reference experiment files are not beside the repository ({path})")
+    cfg = config.get_config(str(path))
+    preset = config.get_config(f"hrnet_w{width}")
+    assert cfg.model.stage2 == preset.model.stage2
+    assert cfg.model.stage3 == preset.model.stage3
+    assert cfg.model.stage4 == preset.model.stage4
+    assert cfg.train == dataclasses.replace(preset.train)
+    assert cfg.test == preset.test
+    assert cfg.loss == preset.loss
