@@ -1,0 +1,47 @@
+"""HRNet for top-down human pose estimation in JAX/Flax.
+
+The numerical core (targets, losses, metrics, decoding) is importable from the
+package root; submodules load on first use, so ``import hrnet_jax`` is cheap
+and data-loading worker processes never pay for what they do not touch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "get_config": "hrnet_jax.config",
+    "build_model": "hrnet_jax.models",
+    "generate_target": "hrnet_jax.targets",
+    "generate_targets": "hrnet_jax.targets",
+    "joints_mse_loss": "hrnet_jax.losses",
+    "joints_ohkm_mse_loss": "hrnet_jax.losses",
+    "get_max_preds": "hrnet_jax.metrics",
+    "pck_accuracy": "hrnet_jax.metrics",
+    "pckh": "hrnet_jax.metrics",
+    "mpii_evaluate": "hrnet_jax.metrics",
+    "get_final_preds": "hrnet_jax.decode",
+    "flip_back": "hrnet_jax.decode",
+    "fuse_flip": "hrnet_jax.decode",
+    "get_affine_transform": "hrnet_jax.transforms",
+    "affine_transform": "hrnet_jax.transforms",
+    "PoseEstimator": "hrnet_jax.inference",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hrnet_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,370 @@
+"""HRNet (pose_hrnet) as a Flax linen module.
+
+The network keeps a high-resolution branch from the stem to the output and
+adds lower-resolution branches stage by stage, exchanging information between
+them after every HighResolutionModule. Its layout, padding, normalisation and
+initialisation are those of the reference PyTorch implementation, so the
+reference's weights load unchanged (see :mod:`hrnet_jax.convert`).
+
+Parameter naming. Every Flax variable path is the reference ``state_dict``
+module path with each numeric index glued to the name before it by ``_``:
+
+==================================================  ==========================================
+reference name                                       Flax path (collection, path, leaf)
+==================================================  ==========================================
+``conv1.weight``                                     params ``conv1/kernel``
+``bn1.running_var``                                  batch_stats ``bn1/var``
+``layer1.0.downsample.1.weight``                     params ``layer1_0/downsample_1/scale``
+``transition2.2.0.0.weight``                         params ``transition2_2_0_0/kernel``
+``stage2.0.branches.1.3.conv2.weight``               params ``stage2_0/branches_1_3/conv2/kernel``
+``stage3.0.fuse_layers.2.0.1.1.bias``                params ``stage3_0/fuse_layers_2_0_1_1/bias``
+``final_layer.bias``                                 params ``final_layer/bias``
+==================================================  ==========================================
+
+Leaves: convolution ``weight`` (O, I, kH, kW) is ``kernel`` (kH, kW, I, O);
+BatchNorm ``weight``/``bias``/``running_mean``/``running_var`` are
+``scale``/``bias`` (params) and ``mean``/``var`` (batch_stats);
+``num_batches_tracked`` has no counterpart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hrnet_jax.config import Config, ModelConfig, StageConfig
+
+# The reference initialises every convolution with N(0, 0.001^2) (init_weights).
+_CONV_INIT = nn.initializers.normal(stddev=0.001)
+_BN_EPSILON = 1e-5
+# PyTorch momentum 0.1 is a running average that keeps 0.9 of the old value.
+_BN_MOMENTUM = 0.9
+# The stem divides H and W by 4 and each of the three lower branches by 2 more.
+_INPUT_MULTIPLE = 32
+
+_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.float32,
+           use_bias: bool = False) -> nn.Conv:
+    """A square convolution padded like PyTorch's ``padding=kernel // 2``.
+
+    Kernels start from N(0, 0.001^2) and biases from 0, as the reference's
+    ``init_weights``; parameters are float32, computation in ``dtype``.
+    """
+    # Explicit symmetric padding as PyTorch's padding=k//2; Flax 'SAME' pads a
+    # stride-2 convolution on even inputs only at the bottom/right.
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=_CONV_INIT,
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over (N, H, W) of an NHWC tensor with PyTorch's statistics rules.
+
+    Training normalises with the biased batch variance and updates
+    ``var`` with the unbiased one (``n / (n - 1)``), as ``torch.nn.BatchNorm2d``
+    does; evaluation uses ``mean``/``var``. Statistics are computed in float32
+    whatever the compute dtype. With ``axis_name`` the batch statistics are
+    averaged over that mapped axis (synchronised BatchNorm; equal per-device
+    batches assumed).
+
+    Attributes:
+      momentum: weight of the old running value (Flax convention; PyTorch 0.1).
+      epsilon: added to the variance.
+      dtype: dtype of the output.
+      axis_name: pmap/vmap axis to synchronise statistics over, or None.
+    """
+
+    momentum: float = _BN_MOMENTUM
+    epsilon: float = _BN_EPSILON
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            count = 1
+            for a in axes:
+                count *= x.shape[a]
+            mean = jnp.mean(x32, axis=axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+                count = count * jax.lax.psum(1, self.axis_name)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                unbiased = var * (count / jnp.maximum(count - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.astype(self.dtype)
+
+
+class _Block(nn.Module):
+    """BASIC (two 3x3) or BOTTLENECK (1x1, 3x3, 1x1 with 4x expansion) residual block."""
+
+    kind: str
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        def bn(name: str) -> BatchNorm:
+            return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+
+        out_features = self.planes * _EXPANSION[self.kind]
+        if self.kind == "BASIC":
+            y = conv2d(self.planes, 3, self.stride, "conv1", self.dtype)(x)
+            y = nn.relu(bn("bn1")(y, train))
+            y = conv2d(self.planes, 3, 1, "conv2", self.dtype)(y)
+            y = bn("bn2")(y, train)
+        else:
+            y = conv2d(self.planes, 1, 1, "conv1", self.dtype)(x)
+            y = nn.relu(bn("bn1")(y, train))
+            y = conv2d(self.planes, 3, self.stride, "conv2", self.dtype)(y)
+            y = nn.relu(bn("bn2")(y, train))
+            y = conv2d(out_features, 1, 1, "conv3", self.dtype)(y)
+            y = bn("bn3")(y, train)
+        residual = x
+        if self.downsample:
+            residual = conv2d(out_features, 1, self.stride, "downsample_0", self.dtype)(x)
+            residual = bn("downsample_1")(residual, train)
+        return nn.relu(y + residual)
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+    """Nearest-neighbour upsampling of (N, H, W, C) by an integer factor.
+
+    Each pixel becomes a ``factor`` x ``factor`` block, which is what PyTorch's
+    ``nn.Upsample(scale_factor=factor, mode='nearest')`` computes.
+    """
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+class HighResolutionModule(nn.Module):
+    """Parallel branches of residual blocks followed by the all-to-all fuse.
+
+    Output i sums every branch j brought to branch i's resolution and width:
+    j > i by 1x1 conv + BN + nearest upsampling x2^(j-i); j < i by (i-j)
+    3x3 stride-2 conv + BN, with ReLU between them but not after the last;
+    then ReLU. With ``multi_scale_output`` False only output 0 is formed.
+    """
+
+    in_channels: tuple[int, ...]
+    stage: StageConfig
+    multi_scale_output: bool = True
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, xs: Sequence[jax.Array], train: bool) -> list[jax.Array]:
+        stage = self.stage
+        expansion = _EXPANSION[stage.block]
+        n = stage.num_branches
+
+        def bn(name: str) -> BatchNorm:
+            return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+
+        ys = []
+        for i in range(n):
+            y = xs[i]
+            width = stage.num_channels[i]
+            for k in range(stage.num_blocks[i]):
+                first = k == 0
+                y = _Block(
+                    stage.block, width, 1,
+                    downsample=first and self.in_channels[i] != width * expansion,
+                    dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                    name=f"branches_{i}_{k}",
+                )(y, train)
+            ys.append(y)
+        if n == 1:
+            return ys
+
+        channels = [c * expansion for c in stage.num_channels]
+        fused = []
+        for i in range(n if self.multi_scale_output else 1):
+            total = None
+            # Summed in branch order from 0, as the reference does.
+            for j in range(n):
+                prefix = f"fuse_layers_{i}_{j}"
+                if j == i:
+                    z = ys[j]
+                elif j > i:
+                    z = conv2d(channels[i], 1, 1, f"{prefix}_0", self.dtype)(ys[j])
+                    z = bn(f"{prefix}_1")(z, train)
+                    z = upsample_nearest(z, 2 ** (j - i))
+                else:
+                    z = ys[j]
+                    for k in range(i - j):
+                        last = k == i - j - 1
+                        width = channels[i] if last else channels[j]
+                        z = conv2d(width, 3, 2, f"{prefix}_{k}_0", self.dtype)(z)
+                        z = bn(f"{prefix}_{k}_1")(z, train)
+                        if not last:
+                            z = nn.relu(z)
+                total = z if total is None else total + z
+            fused.append(nn.relu(total))
+        return fused
+
+
+class HRNet(nn.Module):
+    """Pose HRNet: (N, 3, H, W) images to (N, J, H/4, W/4) heatmaps.
+
+    Attributes:
+      config: the model section of a :class:`~hrnet_jax.config.Config`.
+      bn_axis_name: mapped axis over which BatchNorm statistics are averaged
+        in training (synchronised BatchNorm), or None for per-device statistics.
+    """
+
+    config: ModelConfig
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Heatmaps for a batch of normalised images.
+
+        Args:
+          x: (N, 3, H, W) float images, H and W multiples of 32.
+          train: use batch statistics and update ``batch_stats`` (apply with
+            ``mutable=['batch_stats']``); otherwise use the running statistics.
+
+        Returns:
+          (N, J, H/4, W/4) float32 heatmaps.
+        """
+        cfg = self.config
+        shape = tuple(x.shape)
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(
+                f"HRNet input: expected images of shape (N, 3, H, W) (NCHW, 3 colour channels), "
+                f"got {shape}"
+            )
+        if shape[2] % _INPUT_MULTIPLE or shape[3] % _INPUT_MULTIPLE:
+            raise ValueError(
+                f"HRNet input: expected H and W to be multiples of {_INPUT_MULTIPLE} so that the "
+                f"branches' resolutions divide evenly, got (N, 3, H, W) = {shape}"
+            )
+        if cfg.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype: expected one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+        dtype = _DTYPES[cfg.dtype]
+        axis = self.bn_axis_name
+
+        def bn(name: str) -> BatchNorm:
+            return BatchNorm(dtype=dtype, axis_name=axis, name=name)
+
+        y = jnp.transpose(x, (0, 2, 3, 1)).astype(dtype)
+        y = nn.relu(bn("bn1")(conv2d(64, 3, 2, "conv1", dtype)(y), train))
+        y = nn.relu(bn("bn2")(conv2d(64, 3, 2, "conv2", dtype)(y), train))
+        for k in range(4):
+            y = _Block("BOTTLENECK", 64, 1, downsample=k == 0, dtype=dtype,
+                       bn_axis_name=axis, name=f"layer1_{k}")(y, train)
+
+        ys = [y]
+        pre_channels: tuple[int, ...] = (64 * _EXPANSION["BOTTLENECK"],)
+        stages = (cfg.stage2, cfg.stage3, cfg.stage4)
+        for s, stage in enumerate(stages, start=2):
+            channels = tuple(c * _EXPANSION[stage.block] for c in stage.num_channels)
+            ys = self._transition(f"transition{s - 1}", ys, pre_channels, channels,
+                                  train, dtype)
+            for m in range(stage.num_modules):
+                last_of_net = s == 4 and m == stage.num_modules - 1
+                ys = HighResolutionModule(
+                    channels, stage,
+                    multi_scale_output=not last_of_net, dtype=dtype,
+                    bn_axis_name=axis, name=f"stage{s}_{m}",
+                )(ys, train)
+            pre_channels = channels
+
+        k = cfg.final_conv_kernel
+        if k not in (1, 3):
+            raise ValueError(f"model.final_conv_kernel: expected 1 or 3, got {k}")
+        out = conv2d(cfg.num_joints, k, 1, "final_layer", dtype, use_bias=True)(ys[0])
+        return jnp.transpose(out, (0, 3, 1, 2)).astype(jnp.float32)
+
+    def _transition(self, name: str, ys: list[jax.Array], pre: tuple[int, ...],
+                    cur: tuple[int, ...], train: bool, dtype: Any) -> list[jax.Array]:
+        axis = self.bn_axis_name
+        out = []
+        for i, width in enumerate(cur):
+            if i < len(pre):
+                if width == pre[i]:
+                    out.append(ys[i])
+                    continue
+                # The reference feeds its last branch here, which only runs when
+                # that is branch i (a single input branch); branch i is the same
+                # there and keeps the weights' shapes right everywhere else.
+                z = conv2d(width, 3, 1, f"{name}_{i}_0", dtype)(ys[i])
+                out.append(nn.relu(BatchNorm(dtype=dtype, axis_name=axis,
+                                             name=f"{name}_{i}_1")(z, train)))
+                continue
+            z = ys[-1]
+            steps = i + 1 - len(pre)
+            for j in range(steps):
+                w = width if j == steps - 1 else pre[-1]
+                z = conv2d(w, 3, 2, f"{name}_{i}_{j}_0", dtype)(z)
+                z = nn.relu(BatchNorm(dtype=dtype, axis_name=axis,
+                                      name=f"{name}_{i}_{j}_1")(z, train))
+            out.append(z)
+        return out
+
+
+def build_model(cfg: Config | ModelConfig, bn_axis_name: str | None = None) -> HRNet:
+    """The HRNet of a configuration.
+
+    Args:
+      cfg: a :class:`~hrnet_jax.config.Config` (or its ``model`` section).
+      bn_axis_name: mapped axis to synchronise BatchNorm statistics over in
+        training (e.g. ``'batch'`` under ``jax.pmap``), or None.
+
+    Returns:
+      An :class:`HRNet`; ``model.init(rng, x, train=False)`` gives
+      ``{'params', 'batch_stats'}``.
+    """
+    model_cfg = cfg.model if isinstance(cfg, Config) else cfg
+    if not isinstance(model_cfg, ModelConfig):
+        raise TypeError(f"build_model: expected a Config or ModelConfig, got {type(cfg).__name__}")
+    for name in ("stage2", "stage3", "stage4"):
+        stage = getattr(model_cfg, name)
+        if stage.block not in _EXPANSION:
+            raise ValueError(f"model.{name}.block: expected one of {sorted(_EXPANSION)}, "
+                             f"got {stage.block!r}")
+        if stage.fuse_method != "SUM":
+            raise ValueError(f"model.{name}.fuse_method: only 'SUM' exists, got "
+                             f"{stage.fuse_method!r}")
+        if not (len(stage.num_blocks) == len(stage.num_channels) == stage.num_branches):
+            raise ValueError(f"model.{name}: num_branches {stage.num_branches} does not match "
+                             f"num_blocks {stage.num_blocks} and num_channels "
+                             f"{stage.num_channels}")
+    if model_cfg.dtype not in _DTYPES:
+        raise ValueError(f"model.dtype: expected one of {sorted(_DTYPES)}, "
+                         f"got {model_cfg.dtype!r}")
+    return HRNet(model_cfg, bn_axis_name=bn_axis_name)

@@ -1,0 +1,201 @@
+"""Keypoints to Gaussian heatmap targets, as the reference's ``generate_target``.
+
+For each joint (x, y) in input-image pixels, with ``stride = image_size / heatmap_size``
+per axis and ``tmp = 3 * sigma``:
+
+* ``mu = int(joint / stride + 0.5)``, where ``int`` truncates toward zero (so a
+  joint at x = -3 with stride 4 has mu_x = 0, not -1);
+* the window runs from ``ul = int(mu - tmp)`` (inclusive) to ``br = int(mu + tmp + 1)``
+  (exclusive); if ``ul_x >= w``, ``ul_y >= h``, ``br_x < 0`` or ``br_y < 0`` the
+  joint gets weight 0 and an all-zero map;
+* otherwise the map is ``exp(-((x - cx)^2 + (y - cy)^2) / (2 sigma^2))`` inside the
+  window clipped to the map and 0 elsewhere, with ``c = ul + floor((2 tmp + 1) / 2)``,
+  which is ``mu`` whenever ``3 sigma`` is a whole number;
+* the map is written only where the weight exceeds 0.5; ``target_weight`` is
+  ``joints_vis[:, 0]``, set to 0 for joints whose window misses the map.
+
+The same code runs on NumPy (:func:`generate_target_np`, for data-loading
+workers, with no JAX import) and on ``jax.numpy`` (:func:`generate_target`,
+:func:`generate_targets`, jitted).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ArrayLike = Any
+
+
+def _check_sizes(image_size: Sequence[int], heatmap_size: Sequence[int], sigma: float,
+                 target_type: str) -> tuple[tuple[int, int], tuple[int, int], float]:
+    if target_type != "gaussian":
+        raise ValueError(f"target_type {target_type!r} is not supported: only 'gaussian' is")
+    image_size = tuple(int(v) for v in image_size)
+    heatmap_size = tuple(int(v) for v in heatmap_size)
+    if len(image_size) != 2 or len(heatmap_size) != 2:
+        raise ValueError(
+            f"image_size {image_size} and heatmap_size {heatmap_size}: expected (width, height)"
+        )
+    if min(heatmap_size) <= 0 or min(image_size) <= 0:
+        raise ValueError(
+            f"image_size {image_size} and heatmap_size {heatmap_size} must be positive"
+        )
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return image_size, heatmap_size, float(sigma)
+
+
+def _check_joints(joints: ArrayLike, joints_vis: ArrayLike, batched: bool) -> None:
+    lead = "B, " if batched else ""
+    rank = 3 if batched else 2
+    js, vs = tuple(np.shape(joints)), tuple(np.shape(joints_vis))
+    if len(js) != rank or js[-1] not in (2, 3):
+        raise ValueError(
+            f"joints: expected shape ({lead}J, 2) or ({lead}J, 3) in input-image pixels, got {js}"
+        )
+    ok_vis = vs == js[:-1] or (len(vs) == rank and vs[:-1] == js[:-1] and vs[-1] >= 1)
+    if not ok_vis:
+        num = ", ".join(str(d) for d in js[:-1])
+        raise ValueError(
+            f"joints_vis: expected shape ({num}) or ({num}, k) to go with joints {js}, got {vs}"
+        )
+
+
+def _gaussian_target(xp: ModuleType, joints: ArrayLike, joints_vis: ArrayLike,
+                     image_size: tuple[int, int], heatmap_size: tuple[int, int],
+                     sigma: float) -> tuple[ArrayLike, ArrayLike]:
+    """One sample. joints (J, >=2), joints_vis (J,) or (J, k) -> ((J, h, w), (J, 1))."""
+    w, h = heatmap_size
+    stride_x = image_size[0] / heatmap_size[0]
+    stride_y = image_size[1] / heatmap_size[1]
+    tmp = sigma * 3
+    # Offset of the Gaussian's peak from the window corner, as the reference's size // 2.
+    peak = (2 * tmp + 1) // 2
+    denom = 2 * sigma**2
+
+    coord_dtype = np.float64 if xp is np else xp.promote_types(joints.dtype, np.float32)
+    joints = xp.asarray(joints).astype(coord_dtype)
+    vis = xp.asarray(joints_vis)
+    vis = (vis if vis.ndim == 1 else vis[:, 0]).astype(np.float32)
+
+    mu_x = xp.trunc(joints[:, 0] / stride_x + 0.5)
+    mu_y = xp.trunc(joints[:, 1] / stride_y + 0.5)
+    ul_x, ul_y = xp.trunc(mu_x - tmp), xp.trunc(mu_y - tmp)
+    br_x, br_y = xp.trunc(mu_x + tmp + 1), xp.trunc(mu_y + tmp + 1)
+    off_map = (ul_x >= w) | (ul_y >= h) | (br_x < 0) | (br_y < 0)
+    weight = xp.where(off_map, xp.zeros_like(vis), vis)
+
+    xs = xp.arange(w, dtype=coord_dtype)[None, :]
+    ys = xp.arange(h, dtype=coord_dtype)[None, :]
+    in_x = (xs >= ul_x[:, None]) & (xs < br_x[:, None])  # (J, w)
+    in_y = (ys >= ul_y[:, None]) & (ys < br_y[:, None])  # (J, h)
+    # Integer offsets are exact in float32, so the Gaussian is evaluated with the
+    # reference's float32 arithmetic: exp(-(dx^2 + dy^2) / (2 sigma^2)).
+    dx = (xs - (ul_x + peak)[:, None]).astype(np.float32)
+    dy = (ys - (ul_y + peak)[:, None]).astype(np.float32)
+    sq = dy[:, :, None] ** 2 + dx[:, None, :] ** 2
+    gauss = xp.exp(-sq / np.float32(denom))
+    write = in_y[:, :, None] & in_x[:, None, :] & (weight > 0.5)[:, None, None]
+    target = xp.where(write, gauss, xp.zeros((), np.float32))
+    return target, weight[:, None]
+
+
+def generate_target_np(
+    joints: ArrayLike,
+    joints_vis: ArrayLike,
+    *,
+    image_size: Sequence[int],
+    heatmap_size: Sequence[int],
+    sigma: float,
+    target_type: str = "gaussian",
+) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of :func:`generate_target` for data-loading workers (no JAX needed).
+
+    Coordinates are handled in float64 as in the reference's data pipeline.
+
+    Args:
+      joints: (J, 2) or (J, 3) joint positions (x, y[, ...]) in input-image pixels.
+      joints_vis: (J,) or (J, k) visibility; column 0 is used.
+      image_size: network input (width, height).
+      heatmap_size: heatmap (width, height).
+      sigma: Gaussian standard deviation in heatmap pixels.
+      target_type: only ``'gaussian'``.
+
+    Returns:
+      ``(target, target_weight)``: (J, h, w) and (J, 1), float32 NumPy arrays.
+    """
+    image_size, heatmap_size, sigma = _check_sizes(image_size, heatmap_size, sigma, target_type)
+    joints, joints_vis = np.asarray(joints), np.asarray(joints_vis)
+    _check_joints(joints, joints_vis, batched=False)
+    return _gaussian_target(np, joints, joints_vis, image_size, heatmap_size, sigma)
+
+
+@functools.cache
+def _jitted(batched: bool):
+    import jax
+    import jax.numpy as jnp
+
+    def one(joints, joints_vis, image_size, heatmap_size, sigma):
+        return _gaussian_target(jnp, joints, joints_vis, image_size, heatmap_size, sigma)
+
+    fn = jax.vmap(one, in_axes=(0, 0, None, None, None)) if batched else one
+    return jax.jit(fn, static_argnums=(2, 3, 4))
+
+
+def generate_target(
+    joints: ArrayLike,
+    joints_vis: ArrayLike,
+    *,
+    image_size: Sequence[int],
+    heatmap_size: Sequence[int],
+    sigma: float,
+    target_type: str = "gaussian",
+) -> tuple[Any, Any]:
+    """Gaussian heatmaps and weights for one person (jitted; sizes and sigma static).
+
+    Args:
+      joints: (J, 2) or (J, 3) joint positions (x, y[, ...]) in input-image pixels.
+      joints_vis: (J,) or (J, k) visibility; column 0 is used.
+      image_size: network input (width, height).
+      heatmap_size: heatmap (width, height).
+      sigma: Gaussian standard deviation in heatmap pixels.
+      target_type: only ``'gaussian'``.
+
+    Returns:
+      ``(target, target_weight)``: (J, h, w) and (J, 1), float32.
+    """
+    image_size, heatmap_size, sigma = _check_sizes(image_size, heatmap_size, sigma, target_type)
+    _check_joints(joints, joints_vis, batched=False)
+    return _jitted(False)(joints, joints_vis, image_size, heatmap_size, sigma)
+
+
+def generate_targets(
+    joints: ArrayLike,
+    joints_vis: ArrayLike,
+    *,
+    image_size: Sequence[int],
+    heatmap_size: Sequence[int],
+    sigma: float,
+    target_type: str = "gaussian",
+) -> tuple[Any, Any]:
+    """:func:`generate_target` vmapped over a leading batch axis.
+
+    Args:
+      joints: (B, J, 2) or (B, J, 3) joint positions in input-image pixels.
+      joints_vis: (B, J) or (B, J, k) visibility; column 0 is used.
+      image_size: network input (width, height).
+      heatmap_size: heatmap (width, height).
+      sigma: Gaussian standard deviation in heatmap pixels.
+      target_type: only ``'gaussian'``.
+
+    Returns:
+      ``(target, target_weight)``: (B, J, h, w) and (B, J, 1), float32.
+    """
+    image_size, heatmap_size, sigma = _check_sizes(image_size, heatmap_size, sigma, target_type)
+    _check_joints(joints, joints_vis, batched=True)
+    return _jitted(True)(joints, joints_vis, image_size, heatmap_size, sigma)

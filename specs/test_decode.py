@@ -1,0 +1,146 @@
+"""Final predictions in image pixels, and the flip test.
+
+Examples use 8 x 8 heatmaps and boxes of 32 px (scale 0.16): heatmap point
+(x, y) maps to center + 4 * ((x, y) - (4, 4)).
+"""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from hrnet_jax.constants import MPII_FLIP_PAIRS
+from hrnet_jax.decode import flip_back, fuse_flip, get_final_preds
+
+CENTER = np.array([[100.0, 60.0]])
+SCALE = np.array([[0.16, 0.16]])
+
+
+def one_map(peak_xy, neighbours=None):
+    """(1, 1, 8, 8) heatmap with 1 at the peak and given values at (x, y) neighbours."""
+    hm = np.zeros((1, 1, 8, 8), np.float32)
+    hm[0, 0, peak_xy[1], peak_xy[0]] = 1.0
+    for (x, y), v in (neighbours or {}).items():
+        hm[0, 0, y, x] = v
+    return hm
+
+
+def test_heatmap_centre_maps_to_the_box_centre():
+    hm = one_map((4, 4), {(5, 4): 0.5, (3, 4): 0.5, (4, 5): 0.5, (4, 3): 0.5})
+    preds, maxvals = get_final_preds(hm, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[100.0, 60.0]]], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(maxvals), [[[1.0]]])
+
+
+def test_prediction_moves_a_quarter_pixel_towards_the_higher_neighbour():
+    # Peak (4, 3); right 0.6 > left 0.2 -> x + 0.25; below 0.1 < above 0.3 -> y - 0.25.
+    # (4.25, 2.75) -> (100 + 4 * 0.25, 60 + 4 * (-1.25)) = (101, 55).
+    hm = one_map((4, 3), {(5, 3): 0.6, (3, 3): 0.2, (4, 4): 0.1, (4, 2): 0.3})
+    preds, _ = get_final_preds(hm, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[101.0, 55.0]]], atol=1e-4)
+
+
+def test_without_post_processing_the_integer_argmax_is_used():
+    hm = one_map((4, 3), {(5, 3): 0.6, (3, 3): 0.2, (4, 4): 0.1, (4, 2): 0.3})
+    preds, _ = get_final_preds(hm, CENTER, SCALE, post_process=False)
+    np.testing.assert_allclose(np.asarray(preds), [[[100.0, 56.0]]], atol=1e-4)
+
+
+def test_refinement_needs_1_lt_px_lt_w_minus_1_and_1_lt_py_lt_h_minus_1():
+    # Column 1 and row 1 are left alone (as in the reference); column 6 = w - 2 is refined.
+    higher_right = {(2, 4): 0.5, (7, 4): 0.5, (2, 1): 0.5}
+    on_col_1 = one_map((1, 4), {k: v for k, v in higher_right.items() if k == (2, 4)})
+    on_col_6 = one_map((6, 4), {k: v for k, v in higher_right.items() if k == (7, 4)})
+    on_row_1 = one_map((1, 1), {k: v for k, v in higher_right.items() if k == (2, 1)})
+    for hm, want_x in ((on_col_1, 1.0), (on_col_6, 6.25)):
+        preds, _ = get_final_preds(hm, CENTER, SCALE)
+        np.testing.assert_allclose(float(preds[0, 0, 0]), 100 + 4 * (want_x - 4), atol=1e-4)
+    preds, _ = get_final_preds(on_row_1, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[100 - 12.0, 60 - 12.0]]], atol=1e-4)
+
+
+def test_nonpositive_heatmap_decodes_to_the_box_corner():
+    # get_max_preds gives (0, 0): the top-left of the box, (100 - 16, 60 - 16).
+    hm = -np.ones((1, 1, 8, 8), np.float32)
+    preds, maxvals = get_final_preds(hm, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[84.0, 44.0]]], atol=1e-4)
+    assert float(maxvals[0, 0, 0]) == -1.0
+
+
+def test_each_sample_uses_its_own_center_and_scale():
+    hm = np.concatenate([one_map((4, 4)), one_map((6, 4))])
+    center = np.array([[100.0, 60.0], [0.0, 0.0]])
+    scale = np.array([[0.16, 0.16], [0.08, 0.5]])  # second box: 16 px wide, factor 2
+    preds, _ = get_final_preds(hm, center, scale, post_process=False)
+    np.testing.assert_allclose(np.asarray(preds), [[[100.0, 60.0]], [[4.0, 0.0]]], atol=1e-4)
+
+
+def test_final_preds_of_48x16x64x64_are_48x16x2_and_48x16x1():
+    preds, maxvals = jax.eval_shape(
+        get_final_preds, jax.ShapeDtypeStruct((48, 16, 64, 64), np.float32),
+        jax.ShapeDtypeStruct((48, 2), np.float32), jax.ShapeDtypeStruct((48, 2), np.float32))
+    chex.assert_shape([preds, maxvals], [(48, 16, 2), (48, 16, 1)])
+    chex.assert_type([preds, maxvals], np.float32)
+
+
+def test_get_final_preds_works_inside_jit():
+    hm = one_map((4, 3), {(5, 3): 0.6, (3, 3): 0.2, (4, 4): 0.1, (4, 2): 0.3})
+    preds, _ = jax.jit(get_final_preds)(hm, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[101.0, 55.0]]], atol=1e-4)
+
+
+def test_center_without_batch_axis_raises_naming_b_2():
+    with pytest.raises(ValueError, match=r"center: expected shape \(B, 2\)"):
+        get_final_preds(one_map((4, 4)), CENTER[0], SCALE)
+
+
+def test_scalar_scale_per_sample_raises_naming_b_2():
+    with pytest.raises(ValueError, match=r"scale: expected shape \(B, 2\)"):
+        get_final_preds(one_map((4, 4)), CENTER, SCALE[:, 0])
+
+
+def test_heatmap_without_batch_axis_raises():
+    with pytest.raises(ValueError, match=r"\(B, J, H, W\)"):
+        get_final_preds(one_map((4, 4))[0], CENTER, SCALE)
+
+
+# --------------------------------------------------------------------------- flip test
+
+
+def test_flip_back_mirrors_the_width_axis_and_swaps_each_pair():
+    # Joints 0 and 2 swap, joint 1 stays; each row [a, b, c] becomes [c, b, a].
+    hm = np.arange(2 * 3 * 1 * 3, dtype=np.float32).reshape(2, 3, 1, 3)
+    want = np.stack([hm[:, 2, :, ::-1], hm[:, 1, :, ::-1], hm[:, 0, :, ::-1]], axis=1)
+    np.testing.assert_array_equal(np.asarray(flip_back(hm, ((0, 2),))), want)
+
+
+def test_flip_back_with_mpii_pairs_swaps_right_and_left_joints():
+    hm = np.zeros((1, 16, 2, 2), np.float32)
+    hm[0, 0, 0, 0] = 1.0  # right ankle, top-left
+    out = np.asarray(flip_back(hm, MPII_FLIP_PAIRS))
+    assert out[0, 5, 0, 1] == 1.0 and out.sum() == 1.0  # left ankle, top-right
+
+
+def test_fuse_flip_shifts_one_column_right_keeping_column_0():
+    # Flipped back [1, 2, 3, 4] -> [4, 3, 2, 1]; shifted -> [4, 4, 3, 2]; averaged with 0.
+    flipped = np.array([[[[1.0, 2.0, 3.0, 4.0]]]], np.float32)
+    out = fuse_flip(np.zeros_like(flipped), flipped, (), shift=True)
+    np.testing.assert_allclose(np.asarray(out), [[[[2.0, 2.0, 1.5, 1.0]]]])
+
+
+def test_fuse_flip_without_shift_is_the_plain_average():
+    flipped = np.array([[[[1.0, 2.0, 3.0, 4.0]]]], np.float32)
+    out = fuse_flip(np.full_like(flipped, 2.0), flipped, (), shift=False)
+    np.testing.assert_allclose(np.asarray(out), [[[[3.0, 2.5, 2.0, 1.5]]]])
+
+
+def test_flip_helpers_work_inside_jit():
+    hm = np.arange(16 * 4, dtype=np.float32).reshape(1, 16, 2, 2)
+    jitted = jax.jit(lambda a, b: fuse_flip(a, b, MPII_FLIP_PAIRS))
+    np.testing.assert_allclose(np.asarray(jitted(hm, hm)),
+                               np.asarray(fuse_flip(hm, hm, MPII_FLIP_PAIRS)))
+
+
+def test_flip_pair_out_of_range_raises():
+    with pytest.raises(ValueError, match="flip_pairs: pair"):
+        flip_back(np.zeros((1, 3, 2, 2), np.float32), ((0, 5),))

@@ -1,0 +1,323 @@
+"""The HRNet model: shapes, parameter counts, initialisation, padding, upsampling, dtypes."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hrnet_jax.config import StageConfig, get_config
+from hrnet_jax.models import HRNet, build_model
+from hrnet_jax.models.hrnet import BatchNorm, conv2d, upsample_nearest
+
+
+@functools.cache
+def _abstract_variables(name: str, height: int, width: int):
+    model = build_model(get_config(name))
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, height, width)), train=False))
+
+
+def _param_count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _tiny_config(dtype: str = "float32"):
+    """hrnet_w8 with one module of one block per branch: every code path, little compile time."""
+    cfg = get_config("hrnet_w8")
+    model = dataclasses.replace(
+        cfg.model, image_size=(64, 64), heatmap_size=(16, 16), dtype=dtype,
+        stage2=StageConfig(1, 2, (1, 1), (8, 16)),
+        stage3=StageConfig(1, 3, (1, 1, 1), (8, 16, 32)),
+        stage4=StageConfig(1, 4, (1, 1, 1, 1), (8, 16, 32, 64)),
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+def _random_variables(abstract, seed: int = 0):
+    """Variables with He-scaled kernels and non-trivial BatchNorm statistics."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope="module")
+def tiny_initialised():
+    cfg = _tiny_config()
+    model = build_model(cfg)
+    # The 'rbg' generator only to compile faster; the initialisers are what is checked.
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, 3, 64, 64)), train=False))(
+        jax.random.key(0, impl="rbg"))
+    return cfg, model, variables
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_w32_maps_48x3x256x256_to_48x16x64x64():
+    model = build_model(get_config("hrnet_w32"))
+    variables = _abstract_variables("hrnet_w32", 256, 256)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                         jax.ShapeDtypeStruct((48, 3, 256, 256), jnp.float32))
+    chex.assert_shape(out, (48, 16, 64, 64))
+    assert out.dtype == jnp.float32
+
+
+def test_coco_w32_maps_256x192_inputs_to_17_joints_of_64x48():
+    model = build_model(get_config("hrnet_w32_coco"))
+    variables = _abstract_variables("hrnet_w32_coco", 256, 192)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                         jax.ShapeDtypeStruct((48, 3, 256, 192), jnp.float32))
+    chex.assert_shape(out, (48, 17, 64, 48))
+
+
+@pytest.mark.parametrize(
+    ("name", "height", "width", "count"),
+    [
+        ("hrnet_w32", 256, 256, 28_536_080),
+        ("hrnet_w48", 256, 256, 63_595_696),
+        ("hrnet_w32_coco", 256, 192, 28_536_113),
+    ],
+)
+def test_parameter_count_equals_the_reference(name, height, width, count):
+    variables = _abstract_variables(name, height, width)
+    assert set(variables) == {"params", "batch_stats"}
+    assert _param_count(variables["params"]) == count
+
+
+def test_parameters_are_float32_and_the_output_float32_when_computing_in_bfloat16():
+    cfg = get_config("hrnet_w32")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
+    model = build_model(cfg)
+    x = jax.ShapeDtypeStruct((2, 3, 256, 256), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert out.dtype == jnp.float32
+
+
+def test_nhwc_input_is_rejected_with_the_expected_nchw_shape_named():
+    model = build_model(get_config("hrnet_w32"))
+    variables = _abstract_variables("hrnet_w32", 256, 256)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(4, 256, 256, 3\)"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                       jax.ShapeDtypeStruct((4, 256, 256, 3), jnp.float32))
+
+
+def test_input_without_batch_axis_is_rejected():
+    model = build_model(get_config("hrnet_w32"))
+    variables = _abstract_variables("hrnet_w32", 256, 256)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                       jax.ShapeDtypeStruct((3, 256, 256), jnp.float32))
+
+
+def test_input_sides_not_multiple_of_32_are_rejected():
+    model = build_model(get_config("hrnet_w32"))
+    variables = _abstract_variables("hrnet_w32", 256, 256)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                       jax.ShapeDtypeStruct((1, 3, 250, 256), jnp.float32))
+
+
+def test_unknown_compute_dtype_is_rejected_naming_the_key():
+    cfg = get_config("hrnet_w8")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="float16"))
+    with pytest.raises(ValueError, match="model.dtype"):
+        build_model(cfg)
+
+
+def test_variable_paths_follow_reference_module_names():
+    params = _abstract_variables("hrnet_w32", 256, 256)["params"]
+    stats = _abstract_variables("hrnet_w32", 256, 256)["batch_stats"]
+    # stage2.0.branches.0.1.conv1.weight: (32, 32, 3, 3) in the reference.
+    chex.assert_shape(params["stage2_0"]["branches_0_1"]["conv1"]["kernel"], (3, 3, 32, 32))
+    # stage3.0.fuse_layers.2.0.1.0.weight: the second stride-2 conv from branch 0 to 2.
+    chex.assert_shape(params["stage3_0"]["fuse_layers_2_0_1_0"]["kernel"], (3, 3, 32, 128))
+    # transition3.3.0.0.weight: the new fourth branch from the third.
+    chex.assert_shape(params["transition3_3_0_0"]["kernel"], (3, 3, 128, 256))
+    chex.assert_shape(stats["layer1_0"]["downsample_1"]["var"], (256,))
+    chex.assert_shape(params["final_layer"]["bias"], (16,))
+    # The last module of stage 4 fuses into the highest resolution only.
+    assert not any(k.startswith("fuse_layers_1") for k in params["stage4_2"])
+    assert any(k.startswith("fuse_layers_1") for k in params["stage4_1"])
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def test_conv_kernels_start_from_normal_std_0_001_and_batchnorm_from_1_and_0(tiny_initialised):
+    _, _, variables = tiny_initialised
+    params = variables["params"]
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if path[-1].key == "kernel"]
+    values = np.concatenate([np.ravel(k) for k in kernels])
+    assert values.size > 10_000
+    assert abs(values.mean()) < 1e-4
+    assert values.std() == pytest.approx(0.001, rel=0.05)
+    np.testing.assert_array_equal(params["final_layer"]["bias"], np.zeros(16))
+    bn_scales = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                 if path[-1].key == "scale"]
+    bn_biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                 if path[-1].key == "bias" and path[0].key != "final_layer"]
+    assert all(np.all(np.asarray(s) == 1) for s in bn_scales)
+    assert all(np.all(np.asarray(b) == 0) for b in bn_biases)
+    stats = variables["batch_stats"]
+    assert all(np.all(np.asarray(leaf) == (1 if path[-1].key == "var" else 0))
+               for path, leaf in jax.tree_util.tree_leaves_with_path(stats))
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_stride_2_3x3_conv_pads_one_pixel_on_every_side_like_pytorch():
+    # 4x4 input 0..15, all-ones 3x3 kernel, stride 2, one pixel of zeros on
+    # each side: the windows cover rows/cols {-1,0,1} and {1,2,3}.
+    x = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
+    conv = conv2d(1, 3, 2, "c")
+    params = {"params": {"kernel": jnp.ones((3, 3, 1, 1))}}
+    out = conv.apply(params, x)[0, :, :, 0]
+    expected = np.array([[0 + 1 + 4 + 5, 1 + 2 + 3 + 5 + 6 + 7],
+                         [4 + 5 + 8 + 9 + 12 + 13, 5 + 6 + 7 + 9 + 10 + 11 + 13 + 14 + 15]])
+    np.testing.assert_array_equal(out, expected)  # 'SAME' would give [[45, ...]]
+
+
+def test_nearest_upsampling_repeats_each_pixel_into_a_block():
+    x = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 2, 1)
+    out = upsample_nearest(x, 2)[0, :, :, 0]
+    np.testing.assert_array_equal(out, [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])
+    chex.assert_shape(upsample_nearest(jnp.zeros((2, 3, 5, 7)), 4), (2, 12, 20, 7))
+
+
+def test_batchnorm_eval_uses_running_statistics_with_epsilon_1e_5():
+    bn = BatchNorm()
+    variables = {"params": {"scale": jnp.array([2.0]), "bias": jnp.array([1.0])},
+                 "batch_stats": {"mean": jnp.array([3.0]), "var": jnp.array([4.0])}}
+    out = bn.apply(variables, jnp.full((1, 1, 1, 1), 7.0), train=False)
+    # (7 - 3) / sqrt(4 + 1e-5) * 2 + 1
+    np.testing.assert_allclose(out, 4.0 / np.sqrt(4.00001) * 2 + 1, rtol=1e-6)
+
+
+def test_batchnorm_training_keeps_0_9_of_running_stats_and_adds_0_1_of_unbiased_batch_var():
+    bn = BatchNorm()
+    x = jnp.array([1.0, 2.0, 3.0, 6.0]).reshape(4, 1, 1, 1)  # mean 3, biased var 3.5
+    variables = {"params": {"scale": jnp.ones(1), "bias": jnp.zeros(1)},
+                 "batch_stats": {"mean": jnp.zeros(1), "var": jnp.ones(1)}}
+    out, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out.ravel(), (np.array([1, 2, 3, 6]) - 3) / np.sqrt(3.5 + 1e-5),
+                               rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], [0.3], rtol=1e-6)
+    # unbiased var = 14 / 3
+    np.testing.assert_allclose(updates["batch_stats"]["var"], [0.9 + 0.1 * 14 / 3], rtol=1e-6)
+
+
+def test_synchronised_batchnorm_pools_statistics_over_the_named_axis():
+    bn = BatchNorm(axis_name="batch")
+    variables = {"params": {"scale": jnp.ones(1), "bias": jnp.zeros(1)},
+                 "batch_stats": {"mean": jnp.zeros(1), "var": jnp.ones(1)}}
+    # Two "devices" holding [1, 2] and [3, 6]: pooled mean 3, variance 3.5 (14/3 unbiased).
+    x = jnp.array([[1.0, 2.0], [3.0, 6.0]]).reshape(2, 2, 1, 1, 1)
+    out, updates = jax.vmap(
+        lambda x: bn.apply(variables, x, train=True, mutable=["batch_stats"]),
+        axis_name="batch")(x)
+    np.testing.assert_allclose(out.ravel(), (np.array([1, 2, 3, 6]) - 3) / np.sqrt(3.5 + 1e-5),
+                               rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], [[0.3], [0.3]], rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], [[0.9 + 0.1 * 14 / 3]] * 2,
+                               rtol=1e-6)
+
+
+def test_build_model_passes_the_batchnorm_axis_name_to_every_batchnorm():
+    model = build_model(get_config("hrnet_w8"), bn_axis_name="batch")
+    assert model.bn_axis_name == "batch"
+    x = jax.ShapeDtypeStruct((2, 1, 3, 64, 64), jnp.float32)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)), train=False))
+    # Under vmap with that axis name the train step traces; without it pmean has no axis.
+    step = jax.vmap(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0],
+                    in_axes=(None, 0), axis_name="batch")
+    chex.assert_shape(jax.eval_shape(step, variables, x), (2, 1, 16, 16, 16))
+    with pytest.raises((NameError, ValueError), match="batch"):
+        jax.eval_shape(lambda v, x: model.apply(v, x[0], train=True, mutable=["batch_stats"]),
+                       variables, x)
+
+
+# --------------------------------------------------------------------------- real forward passes
+
+
+def test_hrnet_w8_train_step_at_64x64_gives_16x16_heatmaps_and_updates_batch_stats():
+    cfg = get_config("hrnet_w8")
+    model = build_model(cfg)
+    assert isinstance(model, HRNet)
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)), train=False))
+    variables = _random_variables(abstract)
+    x = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    out, updates = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    chex.assert_shape(out, (2, 16, 16, 16))
+    chex.assert_type(out, jnp.float32)
+    chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
+
+    # bn1 sees conv1(x): 3x3, stride 2, one pixel of padding, computed here by
+    # XLA directly in PyTorch's NCHW/OIHW layout.
+    kernel = np.transpose(variables["params"]["conv1"]["kernel"], (3, 2, 0, 1))
+    conv1 = np.asarray(jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), ((1, 1), (1, 1)), precision="highest"), np.float64)
+    n = conv1.shape[0] * conv1.shape[2] * conv1.shape[3]
+    batch_mean = conv1.mean(axis=(0, 2, 3))
+    batch_var = conv1.var(axis=(0, 2, 3)) * n / (n - 1)
+    old = variables["batch_stats"]["bn1"]
+    new = updates["batch_stats"]["bn1"]
+    np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * batch_mean,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * batch_var,
+                               rtol=1e-4, atol=1e-5)
+    # Deep layers too: every running statistic moved.
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         variables["batch_stats"], updates["batch_stats"])
+    assert all(jax.tree.leaves(moved))
+
+
+def test_eval_mode_is_deterministic_and_leaves_batch_stats_alone(tiny_initialised):
+    cfg, model, _ = tiny_initialised
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)), train=False))
+    variables = _random_variables(abstract, seed=3)
+    x = np.random.default_rng(2).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out = apply(variables, x)
+    chex.assert_shape(out, (3, 16, 16, 16))
+    # Each sample is normalised with running statistics only: a batch of one gives the same
+    # (up to float32 summation order; the random weights make outputs in the hundreds).
+    scale = float(np.abs(out).max())
+    np.testing.assert_allclose(apply(variables, x[1:2])[0], out[1], rtol=0, atol=1e-5 * scale)
+    _, updates = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["batch_stats"]))(
+        variables, x)
+    chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_initialised):
+    _, model32, _ = tiny_initialised
+    model16 = build_model(_tiny_config("bfloat16"))
+    abstract = jax.eval_shape(
+        lambda: model32.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)), train=False))
+    variables = _random_variables(abstract, seed=4)
+    x = np.random.default_rng(5).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    out32 = jax.jit(model32.apply)(variables, x)
+    out16 = jax.jit(model16.apply)(variables, x)
+    assert out16.dtype == jnp.float32
+    scale = float(np.abs(out32).max())
+    assert float(np.abs(out16 - out32).max()) < 0.05 * scale
