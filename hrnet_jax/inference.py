@@ -1,0 +1,313 @@
+"""Top-down single-image inference: boxes in, keypoints in image pixels out.
+
+Each person box is fitted to the model's aspect ratio and padded by 1.25 (as
+the reference does for detected boxes), cropped with the same affine warp as
+training, normalised with the ImageNet statistics, run through the network
+(with the flip test by default) and decoded back to image pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hrnet_jax import constants
+from hrnet_jax.config import Config
+from hrnet_jax.convert import check_variables
+from hrnet_jax.decode import fuse_flip, get_final_preds
+from hrnet_jax.model_file import load_model
+from hrnet_jax.models import build_model
+from hrnet_jax.transforms import get_affine_transform
+
+# The reference pads every detected box by this factor before cropping.
+BOX_PADDING = 1.25
+
+
+def box_to_center_scale(
+    boxes: Any, image_size: Sequence[int], padding: float = BOX_PADDING
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop centre and scale of person boxes, fitted to the model's aspect ratio.
+
+    The shorter side of each box is lengthened until width / height equals
+    that of ``image_size``, then both sides are multiplied by ``padding``.
+
+    Args:
+      boxes: (P, 4) boxes (x, y, w, h) in image pixels.
+      image_size: model input (width, height).
+      padding: enlargement of the fitted box (the reference's 1.25).
+
+    Returns:
+      ``(center, scale)``: (P, 2) float32 box centres (x, y) in pixels and
+      (P, 2) float32 sizes in units of 200 px.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes: expected shape (P, 4) as (x, y, w, h), got {boxes.shape}")
+    x, y, w, h = boxes.T
+    aspect = float(image_size[0]) / float(image_size[1])
+    center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1)
+    fit_w = np.where(w < aspect * h, h * aspect, w)
+    fit_h = np.where(w > aspect * h, w / aspect, h)
+    scale = np.stack([fit_w, fit_h], axis=-1) / constants.PIXEL_STD * padding
+    return center.astype(np.float32), scale.astype(np.float32)
+
+
+def read_image(image: Any) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image from an array or a file path.
+
+    Raises:
+      ValueError: the file cannot be read as an image, or the array is not
+        (H, W, 3) uint8.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise ValueError(f"image {path!r} does not exist")
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"image {path!r} could not be read as an image")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"image: expected an (H, W, 3) uint8 RGB array, got shape "
+                         f"{array.shape} dtype {array.dtype}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image: expected a non-empty (H, W, 3) array, got shape {array.shape}")
+    return array
+
+
+def check_boxes(boxes: Any, image_shape: Sequence[int]) -> np.ndarray:
+    """Validates person boxes against an image.
+
+    Args:
+      boxes: (P, 4) or (4,) boxes (x, y, w, h) in pixels.
+      image_shape: (H, W, ...) of the image.
+
+    Returns:
+      (P, 4) float64 boxes.
+
+    Raises:
+      ValueError: naming the first box that is malformed, empty (width or
+        height <= 0) or entirely outside the image.
+    """
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"boxes: expected shape (P, 4) or (4,) as (x, y, w, h), "
+                         f"got {np.shape(boxes)}")
+    height, width = image_shape[0], image_shape[1]
+    for i, (x, y, w, h) in enumerate(array):
+        box = f"box {i} (x, y, w, h) = ({x:g}, {y:g}, {w:g}, {h:g})"
+        if not np.all(np.isfinite([x, y, w, h])):
+            raise ValueError(f"{box} is not finite")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"{box} is empty: width and height must be positive")
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            raise ValueError(f"{box} lies entirely outside the {width}x{height} image")
+    return array
+
+
+def crop_inputs(image: np.ndarray, center: np.ndarray, scale: np.ndarray,
+                image_size: Sequence[int]) -> np.ndarray:
+    """Warps and normalises the person crops the network sees.
+
+    Args:
+      image: (H, W, 3) uint8 image in the channel order the model was trained on.
+      center: (P, 2) crop centres.
+      scale: (P, 2) crop sizes in units of 200 px.
+      image_size: model input (width, height).
+
+    Returns:
+      (P, 3, height, width) float32 inputs normalised with the ImageNet statistics.
+    """
+    width, height = int(image_size[0]), int(image_size[1])
+    mean = np.asarray(constants.IMAGENET_MEAN, np.float32)
+    std = np.asarray(constants.IMAGENET_STD, np.float32)
+    crops = []
+    for c, s in zip(center, scale, strict=True):
+        trans = np.asarray(get_affine_transform(np.asarray(c, np.float64),
+                                                np.asarray(s, np.float64), 0.0,
+                                                (width, height)), np.float64)
+        crop = cv2.warpAffine(image, trans, (width, height), flags=cv2.INTER_LINEAR)
+        crops.append((crop.astype(np.float32) / 255.0 - mean) / std)
+    if not crops:
+        return np.zeros((0, 3, height, width), np.float32)
+    return np.stack(crops).transpose(0, 3, 1, 2)
+
+
+def _bucket(n: int) -> int:
+    # Batches are padded to a power of two so a stream of images with varying
+    # person counts compiles a handful of shapes, not one per count.
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class PoseEstimator:
+    """Keypoints of the people in an image, from an exported model or variables.
+
+    Example::
+
+      estimator = PoseEstimator("exported/pose_hrnet_w32")
+      keypoints = estimator("person.jpg", boxes=[[10, 20, 120, 300]])  # (1, 16, 3)
+
+    Args:
+      checkpoint_or_variables: a directory written by
+        :func:`hrnet_jax.model_file.save_model`, or ``{'params', 'batch_stats'}``.
+      cfg: the configuration; required with variables, and when given with a
+        directory it replaces the saved one.
+      flip_test: average with the horizontally mirrored input (the reference's
+        ``TEST.FLIP_TEST``); ``cfg.test.shift_heatmap`` and
+        ``cfg.test.post_process`` are honoured.
+    """
+
+    def __init__(self, checkpoint_or_variables: Any, cfg: Config | None = None, *,
+                 flip_test: bool = True) -> None:
+        if isinstance(checkpoint_or_variables, (str, os.PathLike)):
+            variables, saved_cfg = load_model(checkpoint_or_variables)
+            cfg = cfg if cfg is not None else saved_cfg
+        else:
+            variables = checkpoint_or_variables
+            if cfg is None:
+                raise ValueError("PoseEstimator: cfg is required when variables are given "
+                                 "instead of an exported model directory")
+        if not isinstance(cfg, Config):
+            raise TypeError(f"PoseEstimator: cfg must be a Config, got {type(cfg).__name__}")
+        check_variables(variables, cfg)
+        self.cfg = cfg
+        self.flip_test = bool(flip_test)
+        self.image_size = tuple(int(v) for v in cfg.model.image_size)
+        self.num_joints = cfg.model.num_joints
+        self.flip_pairs = (constants.flip_pairs_for(self.num_joints) if self.flip_test else ())
+        self.variables = jax.device_put({"params": variables["params"],
+                                         "batch_stats": variables["batch_stats"]})
+        self._model = build_model(cfg)
+        self._predict = jax.jit(functools.partial(
+            _predict_batch, self._model, flip_test=self.flip_test,
+            flip_pairs=tuple(tuple(p) for p in self.flip_pairs),
+            shift=bool(cfg.test.shift_heatmap), post_process=bool(cfg.test.post_process)))
+
+    def __call__(self, image: Any, boxes: Any = None) -> np.ndarray:
+        """Keypoints of each boxed person.
+
+        Args:
+          image: (H, W, 3) uint8 RGB array, or a path to an image file.
+          boxes: (P, 4) or (4,) person boxes (x, y, w, h) in pixels; None
+            means one person filling the whole image (cropped exactly to the
+            image, fitted to the model's aspect ratio, not padded).
+
+        Returns:
+          (P, J, 3) float32: x, y in image pixels and the heatmap maximum as score.
+        """
+        rgb = read_image(image)
+        if boxes is None:
+            h, w = rgb.shape[:2]
+            center, scale = box_to_center_scale([[0, 0, w, h]], self.image_size, padding=1.0)
+        else:
+            center, scale = box_to_center_scale(check_boxes(boxes, rgb.shape),
+                                                self.image_size)
+        pixels = rgb if self.cfg.dataset.color_rgb else rgb[..., ::-1]
+        inputs = crop_inputs(np.ascontiguousarray(pixels), center, scale, self.image_size)
+        return self.predict_crops(inputs, center, scale)
+
+    def predict_crops(self, inputs: Any, center: Any, scale: Any) -> np.ndarray:
+        """Keypoints from already cropped and normalised inputs.
+
+        Args:
+          inputs: (P, 3, height, width) network inputs.
+          center: (P, 2) crop centres used to make them.
+          scale: (P, 2) crop sizes in units of 200 px.
+
+        Returns:
+          (P, J, 3) float32 x, y (image pixels), score.
+        """
+        inputs = np.asarray(inputs, np.float32)
+        n = inputs.shape[0]
+        expected = (3, self.image_size[1], self.image_size[0])
+        if inputs.ndim != 4 or inputs.shape[1:] != expected:
+            raise ValueError(f"inputs: expected shape (P, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}), got {inputs.shape}")
+        if n == 0:
+            return np.zeros((0, self.num_joints, 3), np.float32)
+        size = _bucket(n)
+        pad = size - n
+        center = np.asarray(center, np.float32)
+        scale = np.asarray(scale, np.float32)
+        if pad:
+            inputs = np.concatenate([inputs, np.repeat(inputs[:1] * 0, pad, axis=0)])
+            center = np.concatenate([center, np.repeat(center[:1], pad, axis=0)])
+            scale = np.concatenate([scale, np.repeat(scale[:1], pad, axis=0)])
+        out = self._predict(self.variables, inputs, center, scale)
+        return np.asarray(out)[:n]
+
+
+def _predict_batch(model: Any, variables: Any, inputs: jax.Array, center: jax.Array,
+                   scale: jax.Array, *, flip_test: bool, flip_pairs: tuple, shift: bool,
+                   post_process: bool) -> jax.Array:
+    if flip_test:
+        n = inputs.shape[0]
+        both = jnp.concatenate([inputs, inputs[..., ::-1]], axis=0)
+        heatmaps = model.apply(variables, both, train=False)
+        heatmaps = fuse_flip(heatmaps[:n], heatmaps[n:], flip_pairs, shift=shift)
+    else:
+        heatmaps = model.apply(variables, inputs, train=False)
+    preds, maxvals = get_final_preds(heatmaps, center, scale, post_process=post_process)
+    return jnp.concatenate([preds, maxvals], axis=-1).astype(jnp.float32)
+
+
+def _joint_side(name: str) -> str:
+    return "left" if name.startswith("l_") else "right" if name.startswith("r_") else "centre"
+
+
+# RGB: left limbs orange, right limbs blue, the midline green.
+_SIDE_COLOURS = {"left": (255, 128, 0), "right": (0, 128, 255), "centre": (0, 200, 0)}
+
+
+def draw_keypoints(image: np.ndarray, keypoints: Any, *, min_score: float = 0.0) -> np.ndarray:
+    """A copy of ``image`` with each person's joints and limbs drawn.
+
+    Limbs (the MPII skeleton for 16-joint models, points only otherwise) are
+    coloured by body side (left orange, right blue, centre green); each
+    joint's marker radius grows with its score.
+
+    Args:
+      image: (H, W, 3) uint8 RGB image.
+      keypoints: (P, J, 3) x, y, score.
+      min_score: joints scoring below this are not drawn.
+
+    Returns:
+      (H, W, 3) uint8 RGB picture.
+    """
+    canvas = np.ascontiguousarray(read_image(image).copy())
+    keypoints = np.asarray(keypoints, np.float64)
+    if keypoints.ndim != 3 or keypoints.shape[2] != 3:
+        raise ValueError(f"keypoints: expected shape (P, J, 3), got {keypoints.shape}")
+    j = keypoints.shape[1]
+    names = {constants.MPII_NUM_JOINTS: constants.MPII_JOINT_NAMES,
+             constants.COCO_NUM_JOINTS: constants.COCO_JOINT_NAMES}.get(j, ("",) * j)
+    skeleton = constants.MPII_SKELETON if j == constants.MPII_NUM_JOINTS else ()
+    unit = max(1.0, max(canvas.shape[:2]) / 256.0)
+    for person in keypoints:
+        for a, b in skeleton:
+            if min(person[a, 2], person[b, 2]) < min_score:
+                continue
+            sides = {_joint_side(names[a]), _joint_side(names[b])}
+            side = sides.pop() if len(sides) == 1 else "centre"
+            pa = (int(round(person[a, 0])), int(round(person[a, 1])))
+            pb = (int(round(person[b, 0])), int(round(person[b, 1])))
+            cv2.line(canvas, pa, pb, _SIDE_COLOURS[side], max(1, int(round(2 * unit))),
+                     cv2.LINE_AA)
+        for k in range(j):
+            x, y, score = person[k]
+            if score < min_score:
+                continue
+            radius = max(1, int(round(unit * (1.5 + 4.0 * float(np.clip(score, 0.0, 1.0))))))
+            cv2.circle(canvas, (int(round(x)), int(round(y))), radius,
+                       _SIDE_COLOURS[_joint_side(names[k])], -1, cv2.LINE_AA)
+    return canvas
