@@ -65,6 +65,10 @@ class DatasetConfig:
     prob_half_body: float = -1.0
     num_joints_half_body: int = 8
     color_rgb: bool = True
+    # The synthetic MPII-format set (name "synthetic"), generated once into root.
+    synthetic_num_train: int = 4000
+    synthetic_num_valid: int = 500
+    synthetic_image_size: tuple[int, int] = (256, 256)  # (width, height)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +94,9 @@ class TrainConfig:
     gamma1: float = 0.99
     gamma2: float = 0.0
     sync_batch_stats: bool = False  # False: per-device BN statistics (DataParallel-like)
+    eval_every_epochs: int = 1
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    keep_checkpoints: int = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,412 @@
+"""Train-step and evaluation throughput, compile time and model FLOPs utilisation.
+
+The steps timed are the ones training runs: :func:`~hrnet_jax.train.steps.make_train_step`
+(forward, backward, Adam update, PCK; state donated) and
+:func:`~hrnet_jax.train.steps.make_eval_step` (with the flip test and
+post-processing, as validation runs it), pmap'd over every local device.
+
+For each step the pmap'd function is lowered and compiled ahead of time, so
+tracing and XLA compilation are timed apart from the steps; the timed loop
+then calls that same compiled executable on synthetic inputs generated on the
+devices, after ``warmup`` untimed calls, and blocks only once, at its end.
+
+FLOPs come from XLA's cost analysis of the compiled step. Under ``pmap`` that
+is the program of one device, so a step's FLOPs are that times the device
+count; MFU is the achieved rate over the devices' summed peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hrnet_jax.config import Config, get_config, override
+from hrnet_jax.train.state import create_train_state, init_variables
+from hrnet_jax.train.steps import make_eval_step, make_train_step, replicate
+
+DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "f32": "float32",
+                 "bfloat16": "bfloat16", "bf16": "bfloat16"}
+# Stage 4 is at 1/32 of the input, and the heatmaps at 1/4.
+IMAGE_SIZE_MULTIPLE = 32
+
+# Dense (no sparsity) peak TFLOP/s per device from the vendors' data sheets,
+# keyed by a lower-case fragment of ``device_kind``; the first match wins.
+# float32 convolutions under JAX's default matmul precision run on the
+# TF32 tensor cores of Ampere and later GPUs, so 'tf32' is their peak then;
+# with jax_default_matmul_precision 'highest'/'float32' it is 'fp32'.
+KNOWN_PEAKS: tuple[tuple[str, str, dict[str, float]], ...] = (
+    ("h100 pcie", "NVIDIA H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("h100 nvl", "NVIDIA H100 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("h100", "NVIDIA H100 SXM", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("h200", "NVIDIA H200 (as H100 SXM)", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("a100", "NVIDIA A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+)
+_FULL_FP32_PRECISIONS = ("highest", "float32", "f32_f32_f32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+    """The peak a record's MFU is measured against, and where it came from."""
+
+    tflops_per_device: float | None
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkRecord:
+    """One step function of one configuration and dtype, timed.
+
+    ``flops_per_step`` counts all devices; ``mfu`` is ``tflops_per_s`` over
+    ``peak_tflops_per_device * device_count`` (None when the peak is unknown).
+    """
+
+    config: str
+    dtype: str
+    step: str  # "train", "eval" or "eval+flip"
+    image_size: tuple[int, int]  # (width, height)
+    batch_per_device: int
+    global_batch: int
+    device_kind: str
+    device_count: int
+    warmup_steps: int
+    timed_steps: int
+    trace_lower_s: float
+    xla_compile_s: float
+    compile_s: float  # trace_lower_s + xla_compile_s
+    seconds: float  # the timed loop
+    step_ms: float
+    images_per_s: float
+    flops_per_step: float | None
+    flops_source: str
+    tflops_per_s: float | None
+    peak_tflops_per_device: float | None
+    peak_source: str
+    mfu: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- flags and peaks
+
+
+def parse_dtypes(dtypes: str | Sequence[str]) -> tuple[str, ...]:
+    """Canonical dtype names (``float32``, ``bfloat16``) from names or aliases (fp32, bf16)."""
+    names = [d.strip() for d in (dtypes.split(",") if isinstance(dtypes, str) else dtypes)]
+    names = [d for d in names if d]
+    if not names:
+        raise ValueError("dtypes: expected at least one of float32, bfloat16")
+    out = []
+    for name in names:
+        canonical = DTYPE_ALIASES.get(name.lower())
+        if canonical is None:
+            raise ValueError(f"unknown dtype {name!r}: expected one of float32 (fp32) or "
+                             "bfloat16 (bf16)")
+        if canonical not in out:
+            out.append(canonical)
+    return tuple(out)
+
+
+def parse_image_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+    """``(width, height)`` from ``256``, ``"256"``, ``"192x256"`` (width x height) or a pair."""
+    if isinstance(size, str):
+        parts = size.lower().split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"image size {size!r}: expected N or WIDTHxHEIGHT") from None
+    elif isinstance(size, int):
+        values = [size]
+    else:
+        values = [int(v) for v in size]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ValueError(f"image size {size!r}: expected N or WIDTHxHEIGHT")
+    width, height = values
+    if width <= 0 or height <= 0 or width % IMAGE_SIZE_MULTIPLE or height % IMAGE_SIZE_MULTIPLE:
+        raise ValueError(f"image size {width}x{height}: both sides must be positive multiples "
+                         f"of {IMAGE_SIZE_MULTIPLE} (HRNet's deepest branch is at 1/32)")
+    return width, height
+
+
+def _float32_peak_key() -> str:
+    precision = jax.config.jax_default_matmul_precision
+    return "fp32" if str(precision).lower() in _FULL_FP32_PRECISIONS else "tf32"
+
+
+def lookup_peak(device_kind: str, dtype: str, override_tflops: float | None = None) -> Peak:
+    """Peak TFLOP/s of one device for ``dtype``: ``override_tflops``, else :data:`KNOWN_PEAKS`."""
+    if override_tflops is not None:
+        return Peak(float(override_tflops), "--peak-tflops")
+    kind = device_kind.lower()
+    for fragment, label, peaks in KNOWN_PEAKS:
+        if fragment in kind:
+            key = "bf16" if dtype == "bfloat16" else _float32_peak_key()
+            note = {"bf16": "bf16 dense", "fp32": "fp32 (no tensor cores)",
+                    "tf32": "tf32 dense (fp32 convolutions use TF32 under JAX's default "
+                            "precision)"}[key]
+            return Peak(peaks[key], f"{label} {note}")
+    return Peak(None, f"unknown peak for {device_kind!r} (give --peak-tflops)")
+
+
+def cost_analysis_flops(stage: Any) -> float | None:
+    """``flops`` from a Lowered or Compiled stage's cost analysis; None when absent.
+
+    Older jax returns a list with one dict per program, newer a dict; either
+    may lack ``flops`` or report a non-positive count when it cannot tell.
+    """
+    try:
+        analysis = stage.cost_analysis()
+    except Exception:  # not every backend and jax version implements it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if not isinstance(analysis, dict):
+        return None
+    flops = analysis.get("flops")
+    if flops is None or not math.isfinite(float(flops)) or float(flops) <= 0:
+        return None
+    return float(flops)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def benchmark_config(name: str, *, batch_size: int, dtype: str, image_size: tuple[int, int]) -> Config:
+    """The preset ``name`` at ``image_size`` (heatmaps at 1/4), ``dtype`` and per-device batch."""
+    width, height = image_size
+    return override(get_config(name), {
+        "model.dtype": dtype,
+        "model.image_size": (width, height),
+        "model.heatmap_size": (width // 4, height // 4),
+        "train.batch_size_per_device": batch_size,
+        "test.batch_size_per_device": batch_size,
+    })
+
+
+def _on_devices(make: Callable[[jax.Array], Any], seed: int) -> Any:
+    """``make(key)`` evaluated on every local device, laid out as pmap takes its arguments."""
+    keys = jax.random.split(jax.random.key(seed), jax.local_device_count())
+    return jax.pmap(make)(keys)
+
+
+def _synthetic_batch(cfg: Config, batch: int, seed: int) -> dict[str, Any]:
+    """Random images, heatmap targets and eval metadata, each (D, b, ...) on the devices."""
+    width, height = cfg.model.image_size
+    hm_width, hm_height = cfg.model.heatmap_size
+    joints = cfg.model.num_joints
+
+    def make(key):
+        k_img, k_tgt = jax.random.split(key)
+        return {
+            "images": jax.random.normal(k_img, (batch, 3, height, width), jnp.float32),
+            "target": jax.random.uniform(k_tgt, (batch, joints, hm_height, hm_width), jnp.float32),
+            "target_weight": jnp.ones((batch, joints, 1), jnp.float32),
+            "center": jnp.tile(jnp.array([width / 2, height / 2], jnp.float32), (batch, 1)),
+            "scale": jnp.tile(jnp.array([width / 200, height / 200], jnp.float32), (batch, 1)),
+            "valid": jnp.ones((batch,), bool),
+        }
+
+    return _on_devices(make, seed)
+
+
+def _time_compiled(step: Callable, args: tuple, *, warmup: int, steps: int,
+                   carry_first: bool) -> tuple[float, float, float, float | None, str]:
+    """Lowers and compiles ``step`` on ``args``, then times ``steps`` calls after ``warmup``.
+
+    With ``carry_first`` the first output replaces the first argument between
+    calls (the donated train state). Returns (trace_lower_s, xla_compile_s,
+    loop_s, flops_per_device, flops_source).
+    """
+    t0 = time.perf_counter()
+    lowered = step.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    flops, source = cost_analysis_flops(compiled), "compiled"
+    if flops is None:
+        # The unoptimised HLO still counts the convolutions.
+        flops, source = cost_analysis_flops(lowered), "lowered"
+    if flops is None:
+        source = "unavailable"
+
+    def run(n: int, args: tuple) -> tuple[tuple, Any]:
+        out = None
+        for _ in range(n):
+            out = compiled(*args)
+            if carry_first:
+                args = (out[0], *args[1:])
+        return args, out
+
+    args, out = run(warmup, args)
+    jax.block_until_ready((args, out))
+    t3 = time.perf_counter()
+    args, out = run(steps, args)
+    jax.block_until_ready((args, out))
+    t4 = time.perf_counter()
+    return t1 - t0, t2 - t1, t4 - t3, flops, source
+
+
+def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps: int,
+            timings: tuple[float, float, float, float | None, str], peak: Peak) -> BenchmarkRecord:
+    trace_lower_s, compile_s, loop_s, flops_per_device, flops_source = timings
+    devices = jax.local_device_count()
+    flops = None if flops_per_device is None else flops_per_device * devices
+    tflops = None if flops is None else flops * steps / loop_s / 1e12
+    mfu = (None if tflops is None or peak.tflops_per_device is None
+           else tflops / (peak.tflops_per_device * devices))
+    return BenchmarkRecord(
+        config=name, dtype=cfg.model.dtype, step=step, image_size=tuple(cfg.model.image_size),
+        batch_per_device=batch, global_batch=batch * devices,
+        device_kind=jax.devices()[0].device_kind, device_count=devices,
+        warmup_steps=warmup, timed_steps=steps,
+        trace_lower_s=trace_lower_s, xla_compile_s=compile_s,
+        compile_s=trace_lower_s + compile_s, seconds=loop_s, step_ms=1e3 * loop_s / steps,
+        images_per_s=batch * devices * steps / loop_s,
+        flops_per_step=flops, flops_source=flops_source, tflops_per_s=tflops,
+        peak_tflops_per_device=peak.tflops_per_device, peak_source=peak.source, mfu=mfu,
+    )
+
+
+def run_benchmark(configs: Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, batch_size: int = 32,
+                  dtypes: str | Sequence[str] = ("float32", "bfloat16"), steps: int = 20,
+                  warmup: int = 3, image_size: int | str | Sequence[int] = 256,
+                  eval_flip: bool = True, peak_tflops: float | None = None,
+                  train: bool = True, evaluate: bool = True, seed: int = 0,
+                  log: Callable[[str], None] | None = None) -> list[BenchmarkRecord]:
+    """Times the train and eval steps of each config and dtype on all local devices.
+
+    Args:
+      configs: preset names (``hrnet_w32``, ``hrnet_w48``, any ``hrnet_w<C>``).
+      batch_size: images per device per step.
+      dtypes: compute dtypes, names or aliases (``fp32``, ``bf16``).
+      steps: timed steps per step function; ``warmup``: untimed calls before them.
+      image_size: N or ``WIDTHxHEIGHT``, multiples of 32; heatmaps are a quarter of it.
+      eval_flip: evaluate with the flip test (two forward passes), as validation does.
+      peak_tflops: peak TFLOP/s of one device for MFU, for every dtype; by
+        default :data:`KNOWN_PEAKS` by device kind, or no MFU.
+      train, evaluate: which step functions to time.
+      log: called with a line as each measurement starts.
+
+    Returns:
+      One :class:`BenchmarkRecord` per config, dtype and step function, in that order.
+    """
+    dtype_names = parse_dtypes(dtypes)
+    size = parse_image_size(image_size)
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    if steps <= 0:
+        raise ValueError(f"timed steps must be positive, got {steps}")
+    if warmup < 0:
+        raise ValueError(f"warm-up steps must be non-negative, got {warmup}")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise ValueError(f"peak TFLOP/s must be positive, got {peak_tflops}")
+    if not (train or evaluate):
+        raise ValueError("nothing to time: enable the train step, the eval step or both")
+    if isinstance(configs, str):
+        configs = [c.strip() for c in configs.split(",") if c.strip()]
+    if not configs:
+        raise ValueError("configs: expected at least one config name")
+    # Every name and dtype is checked before the first (slow) compilation.
+    cfgs = {(name, dtype): benchmark_config(name, batch_size=batch_size, dtype=dtype, image_size=size)
+            for name in configs for dtype in dtype_names}
+    log = log or (lambda line: None)
+    device_kind = jax.devices()[0].device_kind
+    records = []
+    for (name, dtype), cfg in cfgs.items():
+        peak = lookup_peak(device_kind, dtype, peak_tflops)
+        common = dict(name=name, cfg=cfg, batch=batch_size, warmup=warmup, steps=steps, peak=peak)
+        variables = init_variables(cfg, jax.random.key(seed))
+        data = _synthetic_batch(cfg, batch_size, seed + 1)
+        if train:
+            log(f"{name} {dtype} train step: compiling and timing")
+            state, schedule = create_train_state(cfg, variables, steps_per_epoch=1)
+            state_r = replicate(state)
+            del state
+            timings = _time_compiled(
+                make_train_step(cfg, schedule),
+                (state_r, data["images"], data["target"], data["target_weight"]),
+                warmup=warmup, steps=steps, carry_first=True)
+            del state_r  # donated; the loop's last state is dropped with it
+            records.append(_record(step="train", timings=timings, **common))
+        if evaluate:
+            step_name = "eval+flip" if eval_flip else "eval"
+            log(f"{name} {dtype} {step_name} step: compiling and timing")
+            variables_r = replicate(variables)
+            timings = _time_compiled(
+                make_eval_step(cfg, flip_test=eval_flip),
+                (variables_r, data["images"], data["target"], data["target_weight"],
+                 data["center"], data["scale"], data["valid"]),
+                warmup=warmup, steps=steps, carry_first=False)
+            del variables_r
+            records.append(_record(step=step_name, timings=timings, **common))
+    return records
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_table(records: Sequence[BenchmarkRecord]) -> str:
+    """A plain-text table, one row per record, under a line naming the devices."""
+    if not records:
+        return "(no measurements)"
+    first = records[0]
+    header = (f"{first.device_count} x {first.device_kind}, jax {jax.__version__}, "
+              f"{first.warmup_steps} warm-up + {first.timed_steps} timed steps")
+    columns = ("config", "dtype", "step", "image", "batch", "compile s", "step ms", "images/s",
+               "GFLOP/img", "TFLOP/s", "MFU")
+    rows = []
+    for r in records:
+        gflop_per_image = None if r.flops_per_step is None else r.flops_per_step / r.global_batch / 1e9
+        rows.append((
+            r.config, r.dtype, r.step, f"{r.image_size[0]}x{r.image_size[1]}",
+            f"{r.batch_per_device}x{r.device_count}", f"{r.compile_s:.1f}", f"{r.step_ms:.1f}",
+            f"{r.images_per_s:.2f}", _fmt(gflop_per_image, ".2f"), _fmt(r.tflops_per_s, ".3f"),
+            "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%",
+        ))
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    lines = [header, "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    peaks = sorted({f"{r.dtype}: {r.peak_source}"
+                    + ("" if r.peak_tflops_per_device is None else f" = {r.peak_tflops_per_device:g}")
+                    for r in records})
+    lines.append("peak TFLOP/s per device (MFU = TFLOP/s / (peak x devices)): " + "; ".join(peaks))
+    lines.append("compile s = trace and lower + XLA compile; batch = per device x devices; "
+                 "FLOPs from XLA's cost analysis")
+    return "\n".join(lines)
+
+
+def to_json(records: Sequence[BenchmarkRecord]) -> dict[str, Any]:
+    """The records with the environment they were measured in, as JSON-ready data."""
+    return {
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.local_device_count(),
+        "default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "records": [r.to_dict() for r in records],
+    }
+
+
+def write_json(path: str, records: Sequence[BenchmarkRecord]) -> None:
+    """Writes :func:`to_json` of ``records`` to ``path``, creating its directory."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(to_json(records), f, indent=2)
+        f.write("\n")

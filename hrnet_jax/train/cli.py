@@ -1,0 +1,59 @@
+"""Command-line flags shared by the training and evaluation scripts, mapped onto a Config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from hrnet_jax import config as config_lib
+from hrnet_jax.config import Config
+
+SYNTHETIC_ROOT = os.path.join("data", "synthetic_mpii")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--data-root``, ``--dataset``, ``--batch-size``, ``--workers``,
+    ``--bf16`` and ``--set``."""
+    parser.add_argument("--config", default="hrnet_w32",
+                        help="a preset (hrnet_w32, hrnet_w48, hrnet_quickstart, any hrnet_w<C>, "
+                             "*_coco) or a reference-format experiment .yaml file")
+    parser.add_argument("--dataset", choices=("mpii", "synthetic"), default=None,
+                        help="'synthetic' generates (once) and uses an MPII-format synthetic "
+                             f"set in {SYNTHETIC_ROOT} unless --data-root says otherwise")
+    parser.add_argument("--data-root", default=None, help="dataset root (overrides the config)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per device, for training and validation")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading worker processes (0: in the main process)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="compute in bfloat16 (parameters stay float32)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set train.lr=5e-4 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration the flags describe; ``--set`` is applied last."""
+    cfg = config_lib.get_config(args.config)
+    dataset = cfg.dataset
+    if args.dataset is not None and args.dataset != dataset.name:
+        root = SYNTHETIC_ROOT if args.dataset == "synthetic" else "data/mpii"
+        dataset = dataclasses.replace(dataset, name=args.dataset, root=root)
+    if args.data_root is not None:
+        dataset = dataclasses.replace(dataset, root=args.data_root)
+    cfg = dataclasses.replace(cfg, dataset=dataset)
+    if args.batch_size is not None:
+        cfg = config_lib.override(cfg, {"train.batch_size_per_device": args.batch_size,
+                                         "test.batch_size_per_device": args.batch_size})
+    if args.workers is not None:
+        cfg = config_lib.override(cfg, {"workers": args.workers})
+    if args.bf16:
+        cfg = config_lib.override(cfg, {"model.dtype": "bfloat16"})
+    return config_lib.override(cfg, args.overrides)
+
+
+def default_workdir(args: argparse.Namespace, cfg: Config) -> str:
+    """``output/<dataset>/<config name>``, as the reference lays out its outputs."""
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    return os.path.join("output", cfg.dataset.name, name)

@@ -1,0 +1,359 @@
+"""The training run: epochs of pmap'd steps, validation, checkpoints and resume.
+
+:func:`train` is the whole of ``scripts/train.py``: it prepares the data,
+builds or restores the train state, and alternates training epochs with
+flip-test validation, as the reference's ``tools/train.py`` does. Rerunning
+it on the same work directory resumes from the newest complete checkpoint
+with the same step, optimizer state, learning rate and data order.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+from hrnet_jax import config as config_lib
+from hrnet_jax import data as data_lib
+from hrnet_jax.config import Config
+from hrnet_jax.metrics import format_pckh_table
+from hrnet_jax.model_file import save_model
+from hrnet_jax.train import logs
+from hrnet_jax.train.checkpoint import Checkpoints
+from hrnet_jax.train.evaluate import Evaluation, evaluate
+from hrnet_jax.train.state import create_train_state, init_variables
+from hrnet_jax.train.steps import (
+    make_eval_step,
+    make_train_step,
+    put_sharded,
+    replicate,
+    shard,
+    sync_batch_stats,
+    unreplicate,
+)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_MODEL_DIR = "model_best"
+FINAL_MODEL_DIR = "final_model"
+# PCKh columns written as scalars after each validation.
+_TABLE_SCALARS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean",
+                  "Mean@0.1")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or stopped) run reached."""
+
+    workdir: str
+    step: int
+    epoch: int
+    best_perf: float | None
+    last_evaluation: Evaluation | None
+
+
+def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
+    """Yields (device arrays, host batch), keeping ``size`` batches on the devices ahead."""
+    devices = jax.local_devices()
+    queue: collections.deque = collections.deque()
+    for batch in loader:
+        images, target, target_weight, _ = batch
+        arrays = shard((images, target, target_weight), len(devices))
+        queue.append((put_sharded(arrays, devices), batch))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def prepare_dataset(cfg: Config) -> str:
+    """Checks the dataset's kind; generates the synthetic set once. Returns its root."""
+    name = cfg.dataset.name.lower()
+    if name == "synthetic":
+        return data_lib.ensure_synthetic_mpii(
+            cfg.dataset.root, num_train=cfg.dataset.synthetic_num_train,
+            num_valid=cfg.dataset.synthetic_num_valid, seed=cfg.seed,
+            image_size=tuple(cfg.dataset.synthetic_image_size))
+    if name != "mpii":
+        raise ValueError(f"dataset.name: expected 'mpii' or 'synthetic', got {cfg.dataset.name!r}")
+    return cfg.dataset.root
+
+
+def _load_pretrained(cfg: Config, variables: dict, path: str, logger) -> dict:
+    from hrnet_jax.convert import load_pretrained_backbone, read_torch_checkpoint
+
+    variables, report = load_pretrained_backbone(variables, read_torch_checkpoint(path), cfg)
+    logger.info(f"=> backbone from {path}: {len(report['loaded'])} tensors loaded, "
+                f"{len(report['left_at_init'])} left at initialisation, "
+                f"{len(report['ignored'])} checkpoint keys ignored")
+    return variables
+
+
+class _EpochMeter:
+    """Per-epoch averages of the step metrics, fetched from the devices only when logged."""
+
+    def __init__(self, epoch: int, steps_per_epoch: int, batch_size: int) -> None:
+        self.epoch = epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.pending: list[Any] = []
+        self.step_time = logs.Average()
+        self.data_time = logs.Average()
+        self.loss = logs.Average()
+        self.accuracy = logs.Average()
+        self.lr = float("nan")
+        self._since = time.perf_counter()
+
+    def add(self, metrics: Any, data_seconds: float) -> None:
+        self.pending.append(metrics)
+        self.data_time.update(data_seconds)
+
+    def flush(self, step: int, index: int, checkpoints: Checkpoints) -> str:
+        """Fetches the pending metrics (one host sync) and returns the log line.
+
+        Raises:
+          TrainingDiverged: one of the pending losses is not finite.
+        """
+        host = jax.device_get(self.pending)
+        now = time.perf_counter()
+        per_step = (now - self._since) / len(host)
+        self._since = now
+        first = step - len(host) + 1
+        self.pending = []
+        for i, m in enumerate(host):
+            loss = float(m["loss"][0])
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss} at step {first + i} (epoch {self.epoch}); "
+                    f"stopping. The newest checkpoint (step {checkpoints.latest_step()}) in "
+                    f"{checkpoints.directory} predates it: lower train.lr or check the data, "
+                    "then rerun to resume from there")
+            self.step_time.update(per_step)
+            self.loss.update(loss, self.batch_size)
+            count = float(m["acc_count"][0])
+            if count > 0:
+                self.accuracy.update(float(m["acc_sum"][0]) / count, count)
+        self.lr = float(host[-1]["lr"][0])
+        return logs.train_line(self.epoch, index, self.steps_per_epoch,
+                               step_time=self.step_time, data_time=self.data_time,
+                               loss=self.loss, accuracy=self.accuracy,
+                               batch_size=self.batch_size)
+
+    def scalars(self) -> dict[str, float]:
+        return {"train_loss": self.loss.value, "train_acc": self.accuracy.value, "lr": self.lr}
+
+
+class _Run:
+    """The mutable bookkeeping of one :func:`train` call."""
+
+    def __init__(self, cfg: Config, workdir: str, logger, total_steps: int,
+                 steps_per_epoch: int, batch_size: int, checkpoints: Checkpoints,
+                 scalars: logs.Scalars) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.logger = logger
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.checkpoints = checkpoints
+        self.scalars = scalars
+        self.best_perf: float | None = None
+        self.best_step: int | None = None
+        self.is_main = jax.process_index() == 0
+
+    def record(self, step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "loader": {"epoch": step // self.steps_per_epoch,
+                       "batch": step % self.steps_per_epoch},
+            "best_perf": self.best_perf,
+            "best_step": self.best_step,
+        }
+
+    def flush(self, meter: _EpochMeter, step: int, index: int) -> None:
+        """Logs the metrics of the steps since the last flush."""
+        if meter.pending:
+            self.logger.info(meter.flush(step, index, self.checkpoints))
+            self.scalars.write(step, meter.scalars())
+
+    def sync(self, state_r: Any) -> Any:
+        """Per-device BatchNorm statistics averaged, before validating or saving."""
+        return state_r if self.cfg.train.sync_batch_stats else sync_batch_stats(state_r)
+
+    def save(self, state_r: Any, step: int) -> None:
+        """Checkpoints ``step`` once (statistics synchronised by the caller)."""
+        if self.checkpoints.latest_step() != step:
+            self.checkpoints.save(step, unreplicate(state_r), self.record(step))
+
+
+def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = None,
+          pretrained: str | None = None, show_progress: bool = True) -> TrainResult:
+    """Trains (or resumes training) ``cfg`` in ``workdir``.
+
+    Args:
+      cfg: the experiment. Its dataset must exist (MPII) or is generated once
+        (``dataset.name == 'synthetic'``).
+      workdir: holds ``checkpoints/``, ``model_best/``, ``final_model/``,
+        ``train.log``, ``metrics.jsonl`` and TensorBoard files.
+      max_steps: stop after this many steps in all (counting those of the run
+        being resumed); None trains to ``train.end_epoch``.
+      pretrained: a reference ImageNet HRNet ``.pth`` to start the backbone
+        from (``model.pretrained_layers``); ignored when resuming.
+      show_progress: show progress bars on a terminal.
+
+    Returns:
+      A :class:`TrainResult`.
+
+    Raises:
+      TrainingDiverged: the loss became NaN or infinite.
+      FileNotFoundError: the dataset is missing (the message says where it goes).
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    logger = logs.get_logger(workdir if jax.process_index() == 0 else None)
+    num_devices = jax.local_device_count()
+    train_batch = cfg.train.batch_size_per_device * num_devices
+    valid_batch = cfg.test.batch_size_per_device * num_devices
+    prepare_dataset(cfg)
+
+    train_loader = data_lib.build_loader(cfg, "train", batch_size=train_batch, seed=cfg.seed,
+                                         shuffle=cfg.train.shuffle, workers=cfg.workers)
+    valid_loader = data_lib.build_loader(cfg, "valid", batch_size=valid_batch, seed=cfg.seed,
+                                         shuffle=False, workers=cfg.workers)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set is smaller than one batch of {train_batch} "
+                         f"({num_devices} device(s) x train.batch_size_per_device)")
+    total_steps = cfg.train.end_epoch * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, int(max_steps))
+
+    variables = init_variables(cfg, jax.random.key(cfg.seed))
+    state, schedule = create_train_state(cfg, variables, steps_per_epoch)
+    checkpoints = Checkpoints(os.path.join(workdir, CHECKPOINT_DIR),
+                              keep=cfg.train.keep_checkpoints)
+    scalars = logs.Scalars(workdir, enabled=jax.process_index() == 0, logger=logger)
+    run = _Run(cfg, workdir, logger, total_steps, steps_per_epoch, train_batch, checkpoints,
+               scalars)
+
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        state, record = checkpoints.restore(state)
+        if record.get("steps_per_epoch") != steps_per_epoch:
+            raise ValueError(
+                f"{checkpoints.directory}: the run being resumed had "
+                f"{record.get('steps_per_epoch')} steps per epoch, this one has "
+                f"{steps_per_epoch} (batch size, device count or dataset changed); resume with "
+                "the same settings or use a new --workdir")
+        run.best_perf, run.best_step = record.get("best_perf"), record.get("best_step")
+        logger.info(f"=> resuming from {checkpoints.directory} at step {int(state.step)} "
+                    f"(epoch {record['epoch']})")
+    else:
+        if pretrained:
+            variables = _load_pretrained(cfg, variables, pretrained, logger)
+            state, schedule = create_train_state(cfg, variables, steps_per_epoch)
+        if run.is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
+        logger.info(f"=> training {cfg.model.name} on {cfg.dataset.name} "
+                    f"({train_loader.dataset_size} "
+                    f"samples, {steps_per_epoch} steps per epoch, batch {train_batch} on "
+                    f"{num_devices} device(s)) into {workdir}")
+
+    train_step = make_train_step(cfg, schedule)
+    eval_step = make_eval_step(cfg)
+    gt_path = data_lib.mpii_gt_path(cfg)
+    num_valid = valid_loader.dataset_size
+    step = int(state.step)
+    state_r = replicate(state)
+    del state
+    last_eval: Evaluation | None = None
+    last_eval_step = -1
+
+    def run_validation(state_r: Any, step: int) -> tuple[Any, Evaluation]:
+        """Validates ``state_r`` (statistics already synchronised); keeps the best model."""
+        variables_r = {"params": state_r.params, "batch_stats": state_r.batch_stats}
+        valid_loader.set_state({"epoch": 0, "batch": 0})
+        result = evaluate(eval_step, variables_r, valid_loader, num_valid, cfg.model.num_joints,
+                          gt_path, show_progress=show_progress,
+                          total_batches=len(valid_loader))
+        table = result.table
+        logger.info(f"Test: step {step}\tLoss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
+        logger.info(format_pckh_table(table, cfg.model.name))
+        scalars.write(step, {"valid_loss": result.loss, "valid_acc": result.accuracy,
+                             **{f"valid_PCKh/{k}": table[k] for k in _TABLE_SCALARS}})
+        perf = float(table["Mean"])
+        if run.best_perf is None or perf > run.best_perf:
+            run.best_perf, run.best_step = perf, step
+            if run.is_main:
+                save_model(os.path.join(workdir, BEST_MODEL_DIR), unreplicate(variables_r), cfg)
+            logger.info(f"=> best so far: Mean PCKh {perf:.3f} at step {step}, "
+                        f"saved to {os.path.join(workdir, BEST_MODEL_DIR)}")
+        return state_r, result
+
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            start = step % steps_per_epoch
+            train_loader.set_state({"epoch": epoch, "batch": start})
+            meter = _EpochMeter(epoch, steps_per_epoch, train_batch)
+            bar = logs.progress(steps_per_epoch, start, f"epoch {epoch}") if show_progress \
+                else None
+            t_fetch = time.perf_counter()
+
+            for arrays, _batch in _prefetch(train_loader):
+                data_seconds = time.perf_counter() - t_fetch
+                state_r, metrics = train_step(state_r, *arrays)
+                meter.add(metrics, data_seconds)
+                step += 1
+                index = step - epoch * steps_per_epoch
+                if bar is not None:
+                    bar.update(1)
+                if index % cfg.print_freq == 0 or index == steps_per_epoch \
+                        or step == total_steps:
+                    run.flush(meter, step, index)
+                every = cfg.train.checkpoint_every_steps
+                if every and step % every == 0:
+                    run.flush(meter, step, index)
+                    state_r = run.sync(state_r)
+                    run.save(state_r, step)
+                if step >= total_steps:
+                    break
+                t_fetch = time.perf_counter()
+            if bar is not None:
+                bar.close()
+
+            epoch_done = step % steps_per_epoch == 0
+            due = epoch_done and (step // steps_per_epoch) % max(1, cfg.train.eval_every_epochs) == 0
+            state_r = run.sync(state_r)
+            if due or step >= total_steps:
+                state_r, last_eval = run_validation(state_r, step)
+                last_eval_step = step
+            run.save(state_r, step)
+        if last_eval_step != step and step > 0:
+            # Resumed a finished run: report where it stands.
+            state_r, last_eval = run_validation(state_r, step)
+        if run.is_main:
+            final = save_model(os.path.join(workdir, FINAL_MODEL_DIR),
+                               unreplicate({"params": state_r.params,
+                                            "batch_stats": state_r.batch_stats}), cfg)
+            logger.info(f"=> final model: {final}")
+    finally:
+        checkpoints.close()
+        scalars.close()
+        for loader in (train_loader, valid_loader):
+            loader.close()
+    return TrainResult(workdir=workdir, step=step, epoch=step // steps_per_epoch,
+                       best_perf=run.best_perf, last_evaluation=last_eval)
+
