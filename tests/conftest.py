@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from hrnet_jax.config import Config, StageConfig, get_config
+from hrnet_jax.config import Config, get_config, override
+
+# HRNet-W8 with one single-block module per stage on 64x64 inputs; also usable
+# as command-line flags (--config hrnet_w8 --set KEY=VALUE ...).
+TINY_OVERRIDES = (
+    "model.image_size=64,64",
+    "model.heatmap_size=16,16",
+    "model.sigma=1.0",
+    "model.stage2.num_blocks=1,1",
+    "model.stage3.num_modules=1",
+    "model.stage3.num_blocks=1,1,1",
+    "model.stage4.num_modules=1",
+    "model.stage4.num_blocks=1,1,1,1",
+)
 
 
-def tiny_config(image: int = 64, **overrides) -> Config:
-    """HRNet-W8 with one single-block module per stage, ``image`` x ``image`` input."""
-    cfg = get_config("hrnet_w8")
-    model = dataclasses.replace(
-        cfg.model, image_size=(image, image), heatmap_size=(image // 4, image // 4), sigma=1.0,
-        stage2=StageConfig(1, 2, (1, 1), (8, 16)),
-        stage3=StageConfig(1, 3, (1, 1, 1), (8, 16, 32)),
-        stage4=StageConfig(1, 4, (1, 1, 1, 1), (8, 16, 32, 64)),
-    )
-    return dataclasses.replace(cfg, model=model, **overrides)
+def tiny_config(*extra: str) -> Config:
+    """``hrnet_w8`` with :data:`TINY_OVERRIDES` and then ``extra`` applied."""
+    return override(get_config("hrnet_w8"), [*TINY_OVERRIDES, *extra])
 
 
 @pytest.fixture

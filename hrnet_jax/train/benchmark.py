@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -181,16 +181,21 @@ def cost_analysis_flops(stage: Any) -> float | None:
 # --------------------------------------------------------------------------- timing
 
 
-def benchmark_config(name: str, *, batch_size: int, dtype: str, image_size: tuple[int, int]) -> Config:
-    """The preset ``name`` at ``image_size`` (heatmaps at 1/4), ``dtype`` and per-device batch."""
+def benchmark_config(name: str, *, batch_size: int, dtype: str, image_size: tuple[int, int],
+                     overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
+    """The preset ``name`` at ``image_size`` (heatmaps at 1/4), ``dtype`` and per-device batch.
+
+    ``overrides`` (``["model.stage3.num_modules=1"]``, as ``--set``) apply last.
+    """
     width, height = image_size
-    return override(get_config(name), {
+    cfg = override(get_config(name), {
         "model.dtype": dtype,
         "model.image_size": (width, height),
         "model.heatmap_size": (width // 4, height // 4),
         "train.batch_size_per_device": batch_size,
         "test.batch_size_per_device": batch_size,
     })
+    return override(cfg, overrides)
 
 
 def _on_devices(make: Callable[[jax.Array], Any], seed: int) -> Any:
@@ -277,28 +282,13 @@ def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps
     )
 
 
-def run_benchmark(configs: Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, batch_size: int = 32,
-                  dtypes: str | Sequence[str] = ("float32", "bfloat16"), steps: int = 20,
-                  warmup: int = 3, image_size: int | str | Sequence[int] = 256,
-                  eval_flip: bool = True, peak_tflops: float | None = None,
-                  train: bool = True, evaluate: bool = True, seed: int = 0,
-                  log: Callable[[str], None] | None = None) -> list[BenchmarkRecord]:
-    """Times the train and eval steps of each config and dtype on all local devices.
+def plan_benchmark(configs: str | Sequence[str], *, batch_size: int, dtypes: str | Sequence[str],
+                   steps: int, warmup: int, image_size: int | str | Sequence[int],
+                   peak_tflops: float | None = None,
+                   overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict[tuple[str, str], Config]:
+    """Checks the arguments of :func:`run_benchmark`; returns the config of each (name, dtype).
 
-    Args:
-      configs: preset names (``hrnet_w32``, ``hrnet_w48``, any ``hrnet_w<C>``).
-      batch_size: images per device per step.
-      dtypes: compute dtypes, names or aliases (``fp32``, ``bf16``).
-      steps: timed steps per step function; ``warmup``: untimed calls before them.
-      image_size: N or ``WIDTHxHEIGHT``, multiples of 32; heatmaps are a quarter of it.
-      eval_flip: evaluate with the flip test (two forward passes), as validation does.
-      peak_tflops: peak TFLOP/s of one device for MFU, for every dtype; by
-        default :data:`KNOWN_PEAKS` by device kind, or no MFU.
-      train, evaluate: which step functions to time.
-      log: called with a line as each measurement starts.
-
-    Returns:
-      One :class:`BenchmarkRecord` per config, dtype and step function, in that order.
+    Raises ValueError naming the offending value, before anything compiles.
     """
     dtype_names = parse_dtypes(dtypes)
     size = parse_image_size(image_size)
@@ -310,15 +300,48 @@ def run_benchmark(configs: Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, batch_
         raise ValueError(f"warm-up steps must be non-negative, got {warmup}")
     if peak_tflops is not None and not peak_tflops > 0:
         raise ValueError(f"peak TFLOP/s must be positive, got {peak_tflops}")
-    if not (train or evaluate):
-        raise ValueError("nothing to time: enable the train step, the eval step or both")
     if isinstance(configs, str):
         configs = [c.strip() for c in configs.split(",") if c.strip()]
     if not configs:
         raise ValueError("configs: expected at least one config name")
-    # Every name and dtype is checked before the first (slow) compilation.
-    cfgs = {(name, dtype): benchmark_config(name, batch_size=batch_size, dtype=dtype, image_size=size)
+    return {(name, dtype): benchmark_config(name, batch_size=batch_size, dtype=dtype,
+                                            image_size=size, overrides=overrides)
             for name in configs for dtype in dtype_names}
+
+
+def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, batch_size: int = 32,
+                  dtypes: str | Sequence[str] = ("float32", "bfloat16"), steps: int = 20,
+                  warmup: int = 3, image_size: int | str | Sequence[int] = 256,
+                  eval_flip: bool = True, peak_tflops: float | None = None,
+                  train: bool = True, evaluate: bool = True, seed: int = 0,
+                  overrides: Sequence[str] | Mapping[str, Any] = (),
+                  log: Callable[[str], None] | None = None) -> list[BenchmarkRecord]:
+    """Times the train and eval steps of each config and dtype on all local devices.
+
+    Args:
+      configs: preset names (``hrnet_w32``, ``hrnet_w48``, any ``hrnet_w<C>``), a list or
+        comma-separated.
+      batch_size: images per device per step.
+      dtypes: compute dtypes, names or aliases (``fp32``, ``bf16``).
+      steps: timed steps per step function; ``warmup``: untimed calls before them.
+      image_size: N or ``WIDTHxHEIGHT``, multiples of 32; heatmaps are a quarter of it.
+      eval_flip: evaluate with the flip test (two forward passes), as validation does.
+      peak_tflops: peak TFLOP/s of one device for MFU, for every dtype; by
+        default :data:`KNOWN_PEAKS` by device kind, or no MFU.
+      train, evaluate: which step functions to time.
+      overrides: config fields to change in every config, as ``--set`` takes them
+        (``["model.stage3.num_modules=1"]``); sizes, dtype and batch come from the
+        arguments above.
+      log: called with a line as each measurement starts.
+
+    Returns:
+      One :class:`BenchmarkRecord` per config, dtype and step function, in that order.
+    """
+    cfgs = plan_benchmark(configs, batch_size=batch_size, dtypes=dtypes, steps=steps,
+                          warmup=warmup, image_size=image_size, peak_tflops=peak_tflops,
+                          overrides=overrides)
+    if not (train or evaluate):
+        raise ValueError("nothing to time: enable the train step, the eval step or both")
     log = log or (lambda line: None)
     device_kind = jax.devices()[0].device_kind
     records = []

@@ -1,0 +1,115 @@
+"""The throughput benchmark: records, table and JSON of a tiny run, and its flag checks."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from hrnet_jax.train import benchmark
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# hrnet_w8 with one module of one block per branch: the same code path, a quicker compile.
+SHALLOW = [
+    "model.stage2.num_blocks=[1,1]",
+    "model.stage3.num_modules=1", "model.stage3.num_blocks=[1,1,1]",
+    "model.stage4.num_modules=1", "model.stage4.num_blocks=[1,1,1,1]",
+]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("benchmark") / "out" / "bench.json"
+    records = benchmark.run_benchmark(
+        "hrnet_w8", batch_size=2, dtypes="fp32", steps=1, warmup=1, image_size=64,
+        overrides=SHALLOW)
+    benchmark.write_json(str(path), records)
+    return records, json.loads(path.read_text())
+
+
+def test_tiny_run_times_the_train_and_flip_eval_steps(tiny_run):
+    records, _ = tiny_run
+    assert [(r.config, r.dtype, r.step) for r in records] == [
+        ("hrnet_w8", "float32", "train"), ("hrnet_w8", "float32", "eval+flip")]
+    for r in records:
+        assert r.image_size == (64, 64)
+        assert r.global_batch == 2 * r.device_count
+        assert r.images_per_s > 0 and r.seconds > 0
+        assert r.compile_s > 0 and r.xla_compile_s > 0
+        assert r.flops_per_step > 0 and r.tflops_per_s > 0
+        assert r.images_per_s == pytest.approx(r.global_batch * r.timed_steps / r.seconds)
+    train, evaluate = records
+    # Backward and update cost about twice the forward; the flip test runs two forwards.
+    assert 1.0 < train.flops_per_step / evaluate.flops_per_step < 2.5
+
+
+def test_cpu_has_no_known_peak_so_mfu_is_not_reported(tiny_run):
+    records, _ = tiny_run
+    if records[0].device_kind.lower() != "cpu":
+        pytest.skip("runs on an accelerator")
+    assert all(r.mfu is None and r.peak_tflops_per_device is None for r in records)
+    assert "n/a" in benchmark.format_table(records)
+
+
+def test_json_holds_the_records_and_the_devices(tiny_run):
+    records, data = tiny_run
+    assert data["device_count"] >= 1 and data["device_kind"] == records[0].device_kind
+    assert len(data["records"]) == 2
+    for rec in data["records"]:
+        assert rec["config"] == "hrnet_w8" and rec["dtype"] == "float32"
+        assert rec["images_per_s"] > 0 and rec["flops_per_step"] > 0 and rec["compile_s"] > 0
+
+
+def test_table_names_the_config_dtype_and_steps(tiny_run):
+    records, _ = tiny_run
+    table = benchmark.format_table(records)
+    assert "hrnet_w8" in table and "float32" in table
+    assert "train" in table and "eval+flip" in table and "images/s" in table
+
+
+def test_mfu_uses_a_given_peak_over_all_devices():
+    peak = benchmark.lookup_peak("cpu", "float32", override_tflops=2.0)
+    assert peak.tflops_per_device == 2.0
+    assert benchmark.lookup_peak("NVIDIA H100 80GB HBM3", "bfloat16").tflops_per_device == 989.4
+    assert benchmark.lookup_peak("NVIDIA H200", "bfloat16").tflops_per_device == 989.4
+    assert benchmark.lookup_peak("NVIDIA A100-SXM4-40GB", "float32").tflops_per_device == 156.0
+    assert benchmark.lookup_peak("cpu", "bfloat16").tflops_per_device is None
+
+
+@pytest.mark.parametrize("analysis, flops", [
+    ({"flops": 12.0}, 12.0),
+    ([{"flops": 12.0}], 12.0),
+    ({"bytes accessed": 3.0}, None),
+    ([], None),
+    ({"flops": -1.0}, None),
+])
+def test_cost_analysis_flops_reads_dicts_and_lists(analysis, flops):
+    class Stage:
+        def cost_analysis(self):
+            return analysis
+
+    assert benchmark.cost_analysis_flops(Stage()) == flops
+
+
+def test_unknown_dtype_is_refused_naming_it_and_the_choices():
+    with pytest.raises(ValueError, match=r"unknown dtype 'float16'.*float32.*bfloat16"):
+        benchmark.parse_dtypes("float32,float16")
+    assert benchmark.parse_dtypes("fp32,bf16,float32") == ("float32", "bfloat16")
+
+
+def test_bad_flags_stop_the_script_before_compiling(capsys):
+    script = _script()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--configs", "hrnet_w8", "--dtypes", "fp16"])
+    assert exit_info.value.code == 2
+    assert "unknown dtype 'fp16'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--configs", "hrnet_w8", "--image-size", "100"])
+    assert "multiples of 32" in capsys.readouterr().err
