@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
 from hrnet_jax import config as config_lib
 from hrnet_jax import data as data_lib
@@ -192,6 +193,21 @@ class _Run:
         """Per-device BatchNorm statistics averaged, before validating or saving."""
         return state_r if self.cfg.train.sync_batch_stats else sync_batch_stats(state_r)
 
+    def save_debug_images(self, name: str, batch: Any, metrics: Any) -> None:
+        """The reference's four debug pictures of a batch, in ``workdir/debug``."""
+        from hrnet_jax import vis
+        from hrnet_jax.metrics import get_max_preds
+
+        images, target, _, meta = batch
+        output = np.asarray(metrics["output"]).reshape(target.shape)
+        preds, _ = get_max_preds(output)
+        stride = (np.asarray(self.cfg.model.image_size, np.float32)
+                  / np.asarray(self.cfg.model.heatmap_size, np.float32))
+        directory = os.path.join(self.workdir, "debug")
+        os.makedirs(directory, exist_ok=True)
+        vis.save_debug_images(os.path.join(directory, name), images, meta, target,
+                              np.asarray(preds) * stride, output)
+
     def save(self, state_r: Any, step: int) -> None:
         """Checkpoints ``step`` once (statistics synchronised by the caller)."""
         if self.checkpoints.latest_step() != step:
@@ -271,7 +287,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                     f"samples, {steps_per_epoch} steps per epoch, batch {train_batch} on "
                     f"{num_devices} device(s)) into {workdir}")
 
-    train_step = make_train_step(cfg, schedule)
+    train_step = make_train_step(cfg, schedule, return_output=cfg.debug)
     eval_step = make_eval_step(cfg)
     gt_path = data_lib.mpii_gt_path(cfg)
     num_valid = valid_loader.dataset_size
@@ -312,7 +328,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                 else None
             t_fetch = time.perf_counter()
 
-            for arrays, _batch in _prefetch(train_loader):
+            for arrays, batch in _prefetch(train_loader):
                 data_seconds = time.perf_counter() - t_fetch
                 state_r, metrics = train_step(state_r, *arrays)
                 meter.add(metrics, data_seconds)
@@ -323,6 +339,8 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                 if index % cfg.print_freq == 0 or index == steps_per_epoch \
                         or step == total_steps:
                     run.flush(meter, step, index)
+                    if cfg.debug and run.is_main:
+                        run.save_debug_images(f"train_{epoch}_{index}", batch, metrics)
                 every = cfg.train.checkpoint_every_steps
                 if every and step % every == 0:
                     run.flush(meter, step, index)

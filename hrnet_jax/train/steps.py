@@ -44,14 +44,16 @@ def _weighted_accuracy(output: jax.Array, target: jax.Array) -> tuple[jax.Array,
     return jax.lax.psum(avg_acc * cnt, AXIS), jax.lax.psum(cnt, AXIS)
 
 
-def make_train_step(cfg: Config, schedule: optax.Schedule) -> Callable:
+def make_train_step(cfg: Config, schedule: optax.Schedule, *,
+                    return_output: bool = False) -> Callable:
     """``step(state, images, target, target_weight) -> (state, metrics)``, pmap'd.
 
     Arguments carry a leading device axis: images (D, b, 3, H, W), target
     (D, b, J, h, w), target_weight (D, b, J, 1). The state is donated.
     ``metrics`` (replicated) holds ``loss`` (device mean), ``acc_sum`` and
     ``acc_count`` (PCK weighted by counted joints, as the reference's meter)
-    and ``lr`` (the rate this step used).
+    and ``lr`` (the rate this step used); with ``return_output`` also the
+    step's heatmaps as ``output`` (for debug pictures).
     """
     axis = AXIS if cfg.train.sync_batch_stats else None
     model = build_model(cfg, bn_axis_name=axis)
@@ -75,6 +77,8 @@ def make_train_step(cfg: Config, schedule: optax.Schedule) -> Callable:
             "acc_count": acc_count,
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
         }
+        if return_output:
+            metrics["output"] = output
         return new_state, metrics
 
     return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
