@@ -211,13 +211,15 @@ def _occlude(rng: np.random.Generator, image: np.ndarray, joints: np.ndarray, he
     return hidden
 
 
-def render_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, dict]:
+def render_sample(rng: np.random.Generator, width: int, height: int, *,
+                  with_mask: bool = False) -> tuple[np.ndarray, dict]:
     """One image and its annotation (0-based pixels).
 
     Returns:
       ``(image (height, width, 3) uint8 BGR, ann)`` with ``joints`` (16, 2),
       ``visible`` (16,) bool, ``center`` (2,) and ``scale`` (person size / 200) of
-      the full joint box, and ``headbox`` ((x1, y1), (x2, y2)).
+      the full joint box, ``headbox`` ((x1, y1), (x2, y2)), and with ``with_mask``
+      also ``person_mask`` (height, width) bool: the pixels the person changed.
     """
     size = min(width, height)
     for _ in range(50):
@@ -235,7 +237,9 @@ def render_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np
             break
     image = make_background(rng, width, height)
     _distractors(rng, image, person)
+    before = image.copy() if with_mask else None
     draw_person(rng, image, joints, person)
+    person_mask = (image != before).any(axis=-1) if with_mask else None
     hidden = _occlude(rng, image, joints, person)
     neck, top = joints[UPPER_NECK], joints[HEAD_TOP]
     head_center, head_len = (neck + top) / 2, float(np.hypot(*(top - neck)))
@@ -247,6 +251,8 @@ def render_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np
         "scale": float(max(hi - lo)) / 200.0,
         "headbox": np.stack([head_center - head_len / 2, head_center + head_len / 2]),
     }
+    if with_mask:
+        ann["person_mask"] = person_mask
     return image, ann
 
 
