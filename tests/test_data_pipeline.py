@@ -278,7 +278,7 @@ def test_two_processes_evaluate_every_record_exactly_once(synthetic_root):
     for p in range(2):
         with build_loader(cfg, "valid", batch_size=4, process_index=p, process_count=2) as loader:
             assert len(loader) == 2  # ceil(11 / 2) = 6 records each -> 2 batches of 4
-            for _, _, weight, meta in loader:
+            for _, _, _, meta in loader:
                 real.append(meta["index"][meta["valid"]])
     np.testing.assert_array_equal(np.sort(np.concatenate(real)), np.arange(11))
 
