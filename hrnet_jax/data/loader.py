@@ -1,0 +1,313 @@
+"""A parallel, deterministic, resumable batch loader over :class:`MPIIDataset`.
+
+Every batch is a pure function of ``(seed, epoch, batch number, process)``:
+
+* the epoch's order is a permutation seeded by ``(seed, epoch)`` (or dataset
+  order without shuffling), the same on every process; each process takes its
+  own contiguous share of it;
+* training drops the remainder so that every process has the same number of
+  full batches; evaluation gives each process ``ceil(N / P)`` records in
+  dataset order, pads its last batch by repeating a record and marks real
+  samples in ``meta['valid']``;
+* a sample's augmentation is seeded by ``(seed, epoch, index)``.
+
+Worker processes (grain's ``mp_prefetch``) each build whole batches from a
+stream of global batch numbers, so the batches do not depend on how many
+workers there are, and the iterator's state is just ``{"epoch", "batch"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from hrnet_jax.data.mpii import MPIIDataset
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]
+
+# Far more epochs than any run: the stream of batch numbers the workers walk.
+_MAX_EPOCHS = 1_000_000
+
+
+def default_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(index, count) of this host: given values, else JAX's if JAX is loaded, else (0, 1)."""
+    jax = sys.modules.get("jax")
+    if process_index is None:
+        process_index = jax.process_index() if jax is not None else 0
+    if process_count is None:
+        process_count = jax.process_count() if jax is not None else 1
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
+    return int(process_index), int(process_count)
+
+
+class BatchPlan:
+    """Which dataset indices make up each batch of each epoch, for one process.
+
+    Args:
+      num_records: dataset size N.
+      batch_size: samples per batch on this process.
+      seed: shuffling seed. shuffle: permute each epoch.
+      drop_remainder: True for training (full batches only), False for
+        evaluation (every record once, last batch padded).
+      process_index, process_count: this host's share.
+    """
+
+    def __init__(self, num_records: int, batch_size: int, *, seed: int, shuffle: bool,
+                 drop_remainder: bool, process_index: int, process_count: int) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.num_records = int(num_records)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.drop_remainder = bool(drop_remainder)
+        self.process_index, self.process_count = process_index, process_count
+        if drop_remainder:
+            self.num_batches = self.num_records // (self.batch_size * process_count)
+            self.share = self.num_batches * self.batch_size
+            if self.num_batches == 0:
+                raise ValueError(
+                    f"{self.num_records} records are fewer than one batch of {batch_size} on each of "
+                    f"{process_count} process(es); use a smaller batch size")
+        else:
+            self.share = math.ceil(self.num_records / process_count)
+            self.num_batches = math.ceil(self.share / self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(N,) the epoch's record order, shared by all processes."""
+        if not self.shuffle:
+            return np.arange(self.num_records)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(epoch)])))
+        return rng.permutation(self.num_records)
+
+    def batch(self, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices (B,), valid (B,) bool)`` of batch ``number`` of ``epoch``."""
+        if not 0 <= number < self.num_batches:
+            raise IndexError(f"batch {number} out of range: an epoch has {self.num_batches}")
+        mine = self.order(epoch)[self.process_index * self.share:(self.process_index + 1) * self.share]
+        chosen = mine[number * self.batch_size:(number + 1) * self.batch_size]
+        valid = np.zeros(self.batch_size, bool)
+        valid[:len(chosen)] = True
+        if len(chosen) < self.batch_size:
+            fill = chosen[-1] if len(chosen) else (mine[-1] if len(mine) else 0)
+            chosen = np.concatenate([chosen, np.full(self.batch_size - len(chosen), fill)])
+        return chosen.astype(np.int64), valid
+
+
+def collate(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]) -> Batch:
+    """Stacks samples into ``(input, target, target_weight, meta)`` with a leading batch axis."""
+    inputs = np.stack([s[0] for s in samples])
+    targets = np.stack([s[1] for s in samples])
+    weights = np.stack([s[2] for s in samples])
+    meta: dict[str, np.ndarray] = {}
+    for key in samples[0][3]:
+        values = [s[3][key] for s in samples]
+        if key in ("image", "filename"):
+            meta[key] = np.array([str(v) for v in values])
+        elif key == "valid":
+            meta[key] = np.array(values, dtype=bool)
+        elif key in ("index", "imgnum"):
+            meta[key] = np.array(values, dtype=np.int64)
+        else:
+            meta[key] = np.stack([np.asarray(v, dtype=np.float64) for v in values])
+    return inputs, targets, weights, meta
+
+
+class MakeBatch:
+    """Global batch number -> batch; picklable, runs in worker processes."""
+
+    def __init__(self, dataset: MPIIDataset, plan: BatchPlan) -> None:
+        self.dataset = dataset
+        self.plan = plan
+
+    def __call__(self, step: int) -> Batch:
+        epoch, number = divmod(int(step), self.plan.num_batches)
+        indices, valid = self.plan.batch(epoch, number)
+        samples = [self.dataset.load(int(i), epoch) for i in indices]
+        batch = collate(samples)
+        batch[3]["valid"] &= valid
+        return batch
+
+
+def _plain(batch: Batch) -> Batch:
+    # Worker outputs arrive in shared memory; own copies free it at once.
+    input_, target, weight, meta = batch
+    return (np.array(input_), np.array(target), np.array(weight),
+            {key: np.array(meta[key]) for key in sorted(meta, key=_META_ORDER.index)})
+
+
+_META_ORDER = ["image", "filename", "imgnum", "joints", "joints_vis", "center", "scale", "rotation",
+               "score", "index", "valid"]
+
+
+def _mark_absl_flags_parsed() -> None:
+    # grain reads absl flags; outside an absl app they are unparsed and reading raises.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class Loader:
+    """Iterates over one epoch at a time from a saved position; see the module docstring.
+
+    ``for input, target, target_weight, meta in loader`` yields the rest of the
+    current epoch, then the position moves to the next epoch's batch 0.
+    ``workers=0`` builds batches in this process; otherwise that many worker
+    processes build them ahead (``prefetch`` batches each).
+    """
+
+    def __init__(self, dataset: MPIIDataset, plan: BatchPlan, *, workers: int = 0,
+                 prefetch: int = 2) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.dataset = dataset
+        self.plan = plan
+        self.workers = int(workers)
+        self.prefetch = max(1, int(prefetch))
+        self._make = MakeBatch(dataset, plan)
+        self._step = 0  # next global batch number to hand out
+        self._stream: Iterator[Batch] | None = None
+        self._stream_step = 0  # next global batch number the stream will give
+        self.num_bad_images = 0
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        return self.plan.num_batches
+
+    def get_state(self) -> dict[str, int]:
+        """The position of the next batch: ``{"epoch": e, "batch": b}`` (JSON-serialisable)."""
+        epoch, number = divmod(self._step, self.plan.num_batches)
+        return {"epoch": int(epoch), "batch": int(number)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Moves to a position from :meth:`get_state`; the next batch is the one saved."""
+        try:
+            epoch, number = int(state["epoch"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"loader state {state!r}: expected {{'epoch': int, 'batch': int}}") from None
+        if epoch < 0 or not 0 <= number <= self.plan.num_batches:
+            raise ValueError(f"loader state {state!r}: epoch must be >= 0 and batch in "
+                             f"[0, {self.plan.num_batches}]")
+        self._step = epoch * self.plan.num_batches + number
+
+    def _open_stream(self, start: int) -> Iterator[Batch]:
+        self._close_stream()
+        stop = _MAX_EPOCHS * self.plan.num_batches
+        if self.workers == 0:
+            stream = (self._make(step) for step in range(start, stop))
+        else:
+            import grain
+
+            _mark_absl_flags_parsed()
+            ds = grain.MapDataset.range(start, stop).map(self._make).to_iter_dataset()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.workers, per_worker_buffer_size=self.prefetch))
+            stream = iter(ds)
+        self._stream, self._stream_step = stream, start
+        return stream
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch_end = (self._step // self.plan.num_batches + 1) * self.plan.num_batches
+        while self._step < epoch_end:
+            stream = self._stream
+            if stream is None or self._stream_step != self._step:
+                stream = self._open_stream(self._step)
+            batch = _plain(next(stream))
+            self._stream_step += 1
+            self._step += 1
+            self._count_bad(batch)
+            yield batch
+
+    def _count_bad(self, batch: Batch) -> None:
+        epoch, number = divmod(self._step - 1, self.plan.num_batches)
+        _, planned_valid = self.plan.batch(epoch, number)
+        bad = int(np.sum(planned_valid & ~batch[3]["valid"]))
+        if bad:
+            self.num_bad_images += bad
+            logger.warning("%d unreadable image(s) skipped in epoch %d batch %d (%d so far)",
+                           bad, epoch, number, self.num_bad_images)
+
+    def close(self) -> None:
+        """Stops the worker processes (the loader can be iterated again later)."""
+        self._close_stream()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._close_stream()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def build_loader(
+    cfg: Any,
+    split: str,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool | None = None,
+    workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    skip_bad_images: bool = False,
+    prefetch: int = 2,
+) -> Loader:
+    """The loader for ``split`` ``'train'`` (``cfg.dataset.train_set``, augmented,
+    remainder dropped) or ``'valid'`` (``cfg.dataset.test_set``, every record once in
+    dataset order, padded last batch) under ``cfg.dataset.root``.
+
+    Args:
+      cfg: a :class:`hrnet_jax.config.Config`.
+      split: ``'train'`` or ``'valid'``.
+      batch_size: samples per batch on this process.
+      seed: seeds shuffling and augmentation.
+      shuffle: permute each epoch (default: True for train, False for valid).
+      workers: worker processes; 0 builds batches in this process.
+      process_index, process_count: this host's share (default: JAX's if loaded, else 0 of 1).
+      skip_bad_images: warn about and leave out unreadable images (``meta['valid']``
+        False) instead of raising.
+      prefetch: batches each worker prepares ahead.
+
+    Returns:
+      A :class:`Loader` yielding ``(input (B, 3, H, W), target (B, J, h, w),
+      target_weight (B, J, 1), meta)`` as NumPy arrays.
+    """
+    if split not in ("train", "valid"):
+        raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
+    is_train = split == "train"
+    image_set = cfg.dataset.train_set if is_train else cfg.dataset.test_set
+    dataset = MPIIDataset(cfg.dataset.root, image_set, is_train, _with_seed(cfg, seed),
+                          skip_bad_images=skip_bad_images)
+    index, count = default_process(process_index, process_count)
+    plan = BatchPlan(len(dataset), batch_size, seed=seed,
+                     shuffle=is_train if shuffle is None else shuffle, drop_remainder=is_train,
+                     process_index=index, process_count=count)
+    return Loader(dataset, plan, workers=workers, prefetch=prefetch)
+
+
+def _with_seed(cfg: Any, seed: int) -> Any:
+    return dataclasses.replace(cfg, seed=int(seed)) if cfg.seed != seed else cfg
