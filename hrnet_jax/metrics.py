@@ -1,9 +1,11 @@
 """Heatmap argmax decoding, PCK accuracy during training, PCKh and the MPII table.
 
 :func:`get_max_preds`, :func:`pck_accuracy` and :func:`pckh` are jitted and work
-inside other jitted code. :func:`mpii_evaluate` reads MPII's ground truth on the
-host and computes in float64 with NumPy, as the reference does, so that its
-table matches published numbers to the last digit; it shares its formula with
+inside other jitted code (:func:`pckh` called on concrete arrays computes in
+float64 on the host instead, so that errors exactly at the threshold count as
+in the reference). :func:`mpii_evaluate` reads MPII's ground truth on the host
+and computes in float64 with NumPy, as the reference does, so that its table
+matches published numbers to the last digit; it shares its formula with
 :func:`pckh`.
 """
 
@@ -257,7 +259,25 @@ def pckh(
       (J,) float32 percentages.
     """
     _check_pckh_inputs(pred, gt, headboxes, visible)
-    return _pckh(pred, gt, headboxes, visible, threshold, sc_bias)
+    concrete = _as_float64(pred, gt, headboxes, visible, threshold, sc_bias)
+    if concrete is None:
+        return _pckh(pred, gt, headboxes, visible, threshold, sc_bias)
+    # Outside a trace the inputs are computed on in float64, as the reference
+    # does: an error of exactly ``threshold`` head sizes (0.66 px against a
+    # head size of 6 at 0.11, say) then counts as it does there, where float32
+    # rounding could tip it either way.
+    pred64, gt64, boxes64, visible64, threshold64, sc_bias64 = concrete
+    scaled = _scaled_errors(np, pred64, gt64, boxes64, visible64, sc_bias64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return jnp.asarray(_pckh_at(np, scaled, visible64, threshold64), jnp.float32)
+
+
+def _as_float64(*values: Any) -> list[np.ndarray] | None:
+    """The values as float64 NumPy arrays, or None if any is being traced by JAX."""
+    try:
+        return [np.asarray(v, dtype=np.float64) for v in values]
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- MPII table
@@ -289,8 +309,8 @@ def mpii_evaluate(
 ) -> collections.OrderedDict[str, Any]:
     """The MPII PCKh table, as the reference's ``MPIIDataset.evaluate``.
 
-    Predictions are 0-based pixels; 1 is added before comparing with MPII's
-    1-based annotations. Computed in float64 with NumPy.
+    Predictions are 0-based pixels; 1 is added (in the predictions' dtype) before
+    comparing with MPII's 1-based annotations. Computed in float64 with NumPy.
 
     Args:
       preds: (N, 16, 2) or (N, 16, 3) predictions (x, y[, score]) in
@@ -333,13 +353,18 @@ def mpii_evaluate(
         raise ValueError(f"{source}: dataset_joints: expected the 16 MPII names "
                          f"{list(MPII_DATASET_JOINTS)} (any order), got {names}")
 
-    preds = np.asarray(preds, dtype=np.float64)
+    preds = np.asarray(preds)
+    if not np.issubdtype(preds.dtype, np.floating):
+        preds = preds.astype(np.float64)
     if preds.ndim != 3 or preds.shape[1] != 16 or preds.shape[2] not in (2, 3):
         raise ValueError(f"preds: expected shape (N, 16, 2) or (N, 16, 3), got {preds.shape}")
     if preds.shape[0] != n:
         raise ValueError(f"preds: {preds.shape[0]} records, but {source} has N = {n}")
 
-    pred = preds[:, :, 0:2] + 1.0  # MPII annotations are 1-based
+    # MPII annotations are 1-based. The 1 is added in the predictions' own
+    # precision (float32 from a validation run) before anything is float64,
+    # as the reference does.
+    pred = (preds[:, :, 0:2] + preds.dtype.type(1.0)).astype(np.float64)
     visible = 1 - jnt_missing.T  # (N, 16)
     gt_xy = np.transpose(pos_gt, (2, 0, 1))
     boxes = np.transpose(headboxes, (2, 0, 1))

@@ -316,3 +316,35 @@ def test_pckh_table_prints_a_header_a_rule_and_values_with_3_decimals():
         "|---|---|---|",
         "| pose_hrnet | 97.100 | 90.123 |",
     ]
+
+
+# --------------------------------------------------------------------------- exact ties
+
+
+@pytest.mark.parametrize("error, threshold, expected", [
+    (0.66, 0.11, 100.0), (0.18, 0.03, 100.0), (0.36, 0.06, 100.0), (0.72, 0.12, 100.0),
+    # 1.08 / 6 is 0.18000000000000002 in float64 (the reference's arithmetic): just over.
+    (1.08, 0.18, 0.0),
+])
+def test_pckh_on_arrays_decides_exact_ties_in_float64_as_the_reference(error, threshold, expected):
+    # A head box 10 px wide: head size 0.6 x 10 = 6 px. In float64, 0.66 / 6 is
+    # exactly the double nearest 0.11, so that joint is correct; in float32
+    # arithmetic each of these cases would be decided the other way.
+    got = pckh(np.array([[[error, 0.0]]]), np.zeros((1, 1, 2)),
+               np.array([[[3.0, 4.0], [13.0, 4.0]]]), np.ones((1, 1)), threshold=threshold)
+    np.testing.assert_allclose(np.asarray(got), [expected])
+
+
+def test_mpii_adds_the_one_to_float32_predictions_in_float32():
+    # A float32 prediction x = -2^-26 plus 1 rounds to exactly 1.0 in float32, which
+    # lies 3 px from a joint at x = 4: 0.5 head sizes of 0.6 x 10 = 6 px, so correct.
+    # (In float64 it would be 3 + 2^-26 px away, and wrong.)
+    preds, gt = mpii_case()
+    gt["pos_gt_src"][:, 0, :] = 4.0
+    gt["pos_gt_src"][:, 1, :] = 1.0
+    gt["headboxes_src"] = np.zeros((2, 2, 4))
+    gt["headboxes_src"][1, 0, :] = 10.0
+    preds = np.zeros((4, 16, 2), np.float32)
+    preds[:, :, 0] = -(2.0**-26)
+    assert mpii_evaluate(preds, gt)["Head"] == pytest.approx(100.0)
+    assert mpii_evaluate(preds.astype(np.float64), gt)["Head"] == pytest.approx(0.0)
