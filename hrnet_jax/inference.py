@@ -55,8 +55,11 @@ def box_to_center_scale(
     center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1)
     fit_w = np.where(w < aspect * h, h * aspect, w)
     fit_h = np.where(w > aspect * h, w / aspect, h)
-    scale = np.stack([fit_w, fit_h], axis=-1) / constants.PIXEL_STD * padding
-    return center.astype(np.float32), scale.astype(np.float32)
+    # The reference rounds the box size to float32 before padding it, and pads
+    # in float32: the last bit of the scale follows from that order.
+    scale = (np.stack([fit_w, fit_h], axis=-1) / constants.PIXEL_STD).astype(np.float32)
+    scale = scale * np.float32(padding)
+    return center.astype(np.float32), scale
 
 
 def read_image(image: Any) -> np.ndarray:
