@@ -49,13 +49,19 @@ _TRUE_AT_0_1 = 10
 TRUE_MEAN_AT_0_1_KEY = "Mean@0.1(true)"
 
 
+# Heatmaps given channels-last are at least this many pixels on a side in
+# practice (a 128-pixel input); joints rarely reach that number.
+_MIN_CHANNELS_LAST_SIDE = 32
+
+
 def check_heatmaps(heatmaps: ArrayLike, name: str = "heatmaps") -> tuple[int, int, int, int]:
     """Raises ValueError unless ``heatmaps`` is (B, J, H, W); returns the shape.
 
     Channels-last input (B, H, W, J) is recognised where the shape gives it
-    away: dims 1 and 2 equal and the last at most half of them, e.g.
-    (48, 64, 64, 16). (A shape like (B, 16, 16, 12) is ambiguous and taken as
-    channels first.)
+    away: dims 1 and 2 equal, at least 32, and the last at most half of them,
+    e.g. (48, 64, 64, 16). Smaller or less lopsided shapes such as
+    (B, 16, 16, 12) or (B, 8, 8, 4) are ambiguous and taken as channels first,
+    as the reference takes every 4-d array.
     """
     shape = tuple(jnp.shape(heatmaps))
     if len(shape) == 3:
@@ -65,7 +71,7 @@ def check_heatmaps(heatmaps: ArrayLike, name: str = "heatmaps") -> tuple[int, in
         )
     if len(shape) != 4:
         raise ValueError(f"{name}: expected heatmaps of shape (B, J, H, W), got {shape}")
-    if shape[1] == shape[2] and 2 * shape[3] <= shape[1]:
+    if shape[1] == shape[2] >= _MIN_CHANNELS_LAST_SIDE and 2 * shape[3] <= shape[1]:
         raise ValueError(
             f"{name}: expected heatmaps of shape (B, J, H, W) (channels first), got {shape}, "
             f"which looks channels-last (B, H, W, J); transpose with (0, 3, 1, 2)"

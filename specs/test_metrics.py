@@ -68,6 +68,16 @@ def test_as_many_joints_as_rows_is_not_mistaken_for_channels_last():
     chex.assert_shape(preds, (1, 16, 2))
 
 
+def test_small_square_heatmaps_with_half_as_many_columns_are_taken_as_channels_first():
+    # 4 x 8 (width x height) maps of 8 joints: (B, 8, 8, 4) could be read either way;
+    # like the reference, a shape this small is taken as (B, J, H, W).
+    heatmaps = np.zeros((1, 8, 8, 4), np.float32)
+    heatmaps[0, 3, 5, 2] = 1.0  # joint 3 at (x, y) = (2, 5)
+    preds, _ = get_max_preds(heatmaps)
+    chex.assert_shape(preds, (1, 8, 2))
+    np.testing.assert_array_equal(np.asarray(preds)[0, 3], [2.0, 5.0])
+
+
 # --------------------------------------------------------------------------- pck_accuracy
 
 
