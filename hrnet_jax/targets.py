@@ -16,7 +16,10 @@ per axis and ``tmp = 3 * sigma``:
 
 The same code runs on NumPy (:func:`generate_target_np`, for data-loading
 workers, with no JAX import) and on ``jax.numpy`` (:func:`generate_target`,
-:func:`generate_targets`, jitted).
+:func:`generate_targets`, jitted). Called on concrete joints, the JAX entry
+points find the peaks ``mu`` in float64 on the host, as the reference does,
+and draw the maps on the device; inside ``jax.jit`` the peaks are found in
+float32.
 """
 
 from __future__ import annotations
@@ -66,32 +69,37 @@ def _check_joints(joints: ArrayLike, joints_vis: ArrayLike, batched: bool) -> No
         )
 
 
-def _gaussian_target(xp: ModuleType, joints: ArrayLike, joints_vis: ArrayLike,
-                     image_size: tuple[int, int], heatmap_size: tuple[int, int],
+def _peaks(xp: ModuleType, joints: ArrayLike, image_size: tuple[int, int],
+           heatmap_size: tuple[int, int]) -> ArrayLike:
+    """Heatmap peaks ``mu = int(joint / stride + 0.5)`` (truncation toward zero): (..., J, 2)."""
+    stride = np.array([image_size[0] / heatmap_size[0], image_size[1] / heatmap_size[1]])
+    coord_dtype = np.float64 if xp is np else xp.promote_types(joints.dtype, np.float32)
+    joints = xp.asarray(joints).astype(coord_dtype)[..., :2]
+    return xp.trunc(joints / stride.astype(coord_dtype) + 0.5)
+
+
+def _gaussian_target(xp: ModuleType, mu: ArrayLike, joints_vis: ArrayLike,
+                     heatmap_size: tuple[int, int],
                      sigma: float) -> tuple[ArrayLike, ArrayLike]:
-    """One sample. joints (J, >=2), joints_vis (J,) or (J, k) -> ((J, h, w), (J, 1))."""
+    """One sample. mu (J, 2) from :func:`_peaks`, joints_vis (J,) or (J, k) -> ((J, h, w), (J, 1))."""
     w, h = heatmap_size
-    stride_x = image_size[0] / heatmap_size[0]
-    stride_y = image_size[1] / heatmap_size[1]
     tmp = sigma * 3
     # Offset of the Gaussian's peak from the window corner, as the reference's size // 2.
     peak = (2 * tmp + 1) // 2
     denom = 2 * sigma**2
 
-    coord_dtype = np.float64 if xp is np else xp.promote_types(joints.dtype, np.float32)
-    joints = xp.asarray(joints).astype(coord_dtype)
+    mu = xp.asarray(mu)
     vis = xp.asarray(joints_vis)
     vis = (vis if vis.ndim == 1 else vis[:, 0]).astype(np.float32)
 
-    mu_x = xp.trunc(joints[:, 0] / stride_x + 0.5)
-    mu_y = xp.trunc(joints[:, 1] / stride_y + 0.5)
+    mu_x, mu_y = mu[:, 0], mu[:, 1]
     ul_x, ul_y = xp.trunc(mu_x - tmp), xp.trunc(mu_y - tmp)
     br_x, br_y = xp.trunc(mu_x + tmp + 1), xp.trunc(mu_y + tmp + 1)
     off_map = (ul_x >= w) | (ul_y >= h) | (br_x < 0) | (br_y < 0)
     weight = xp.where(off_map, xp.zeros_like(vis), vis)
 
-    xs = xp.arange(w, dtype=coord_dtype)[None, :]
-    ys = xp.arange(h, dtype=coord_dtype)[None, :]
+    xs = xp.arange(w, dtype=mu.dtype)[None, :]
+    ys = xp.arange(h, dtype=mu.dtype)[None, :]
     in_x = (xs >= ul_x[:, None]) & (xs < br_x[:, None])  # (J, w)
     in_y = (ys >= ul_y[:, None]) & (ys < br_y[:, None])  # (J, h)
     # Integer offsets are exact in float32, so the Gaussian is evaluated with the
@@ -132,7 +140,8 @@ def generate_target_np(
     image_size, heatmap_size, sigma = _check_sizes(image_size, heatmap_size, sigma, target_type)
     joints, joints_vis = np.asarray(joints), np.asarray(joints_vis)
     _check_joints(joints, joints_vis, batched=False)
-    return _gaussian_target(np, joints, joints_vis, image_size, heatmap_size, sigma)
+    mu = _peaks(np, joints, image_size, heatmap_size)
+    return _gaussian_target(np, mu, joints_vis, heatmap_size, sigma)
 
 
 @functools.cache
@@ -140,11 +149,26 @@ def _jitted(batched: bool):
     import jax
     import jax.numpy as jnp
 
-    def one(joints, joints_vis, image_size, heatmap_size, sigma):
-        return _gaussian_target(jnp, joints, joints_vis, image_size, heatmap_size, sigma)
+    def one(mu, joints_vis, heatmap_size, sigma):
+        return _gaussian_target(jnp, mu, joints_vis, heatmap_size, sigma)
 
-    fn = jax.vmap(one, in_axes=(0, 0, None, None, None)) if batched else one
-    return jax.jit(fn, static_argnums=(2, 3, 4))
+    fn = jax.vmap(one, in_axes=(0, 0, None, None)) if batched else one
+    return jax.jit(fn, static_argnums=(2, 3))
+
+
+def _jax_targets(joints, joints_vis, image_size, heatmap_size, sigma, batched):
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        # Concrete joints: the peaks are found in float64 on the host, as the
+        # reference does; a joint a hair short of a half stride (9.9999999999 px
+        # at stride 4) would round the other way in float32. Peaks are whole
+        # numbers, exact in float32 on the device.
+        mu = _peaks(np, np.asarray(joints), image_size, heatmap_size).astype(np.float32)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        mu = _peaks(jnp, jnp.asarray(joints), image_size, heatmap_size)
+    return _jitted(batched)(mu, joints_vis, heatmap_size, sigma)
 
 
 def generate_target(
@@ -171,7 +195,7 @@ def generate_target(
     """
     image_size, heatmap_size, sigma = _check_sizes(image_size, heatmap_size, sigma, target_type)
     _check_joints(joints, joints_vis, batched=False)
-    return _jitted(False)(joints, joints_vis, image_size, heatmap_size, sigma)
+    return _jax_targets(joints, joints_vis, image_size, heatmap_size, sigma, batched=False)
 
 
 def generate_targets(
@@ -198,4 +222,4 @@ def generate_targets(
     """
     image_size, heatmap_size, sigma = _check_sizes(image_size, heatmap_size, sigma, target_type)
     _check_joints(joints, joints_vis, batched=True)
-    return _jitted(True)(joints, joints_vis, image_size, heatmap_size, sigma)
+    return _jax_targets(joints, joints_vis, image_size, heatmap_size, sigma, batched=True)

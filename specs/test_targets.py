@@ -58,6 +58,16 @@ def test_mu_is_joint_over_stride_rounded_half_up():
         assert np.unravel_index(np.argmax(target[0]), (8, 8)) == (2, 3)  # (row y, column x)
 
 
+def test_mu_of_a_joint_a_hair_short_of_a_half_stride_is_decided_in_float64():
+    # x = 10 - 1e-12: 2.49999999999975 + 0.5 -> 2 in float64, as the reference computes.
+    # (float32 would round the joint to 10.0 and give 3.)
+    joints = np.array([[10.0 - 1e-12, 16.0]])
+    for target, _ in both(joints, [1.0], sigma=1, **SMALL):
+        assert np.unravel_index(np.argmax(target[0]), (8, 8)) == (4, 2)  # (row y, column x)
+    batched, _ = generate_targets(joints[None], np.ones((1, 1)), sigma=1, **SMALL)
+    assert np.unravel_index(np.argmax(np.asarray(batched)[0, 0]), (8, 8)) == (4, 2)
+
+
 def test_negative_coordinates_truncate_toward_zero():
     # x = -3: -0.75 + 0.5 = -0.25 -> int() gives 0 (floor would give -1): peak on column 0.
     # x = -7: -1.75 + 0.5 = -1.25 -> -1: the peak is off the map, column 0 holds exp(-1/2).
