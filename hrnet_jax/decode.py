@@ -82,15 +82,22 @@ def get_final_preds(
         # Concrete inputs: map back in float64 and round once to float32, as the
         # reference does (its centre and scale are float64). Only (B, J, 2)
         # coordinates come to the host.
+        # Centre and scale keep their own precision: a float32 scale makes a
+        # float32 box size there too.
         coords64 = np.asarray(coords, dtype=np.float64)
-        center64 = np.asarray(center, dtype=np.float64)
-        scale64 = np.asarray(scale, dtype=np.float64)
+        center_np = _float_array(center)
+        scale_np = _float_array(scale)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         preds = transform_preds(coords, jnp.asarray(center).astype(coords.dtype),
                                 jnp.asarray(scale).astype(coords.dtype), (w, h))
         return preds, maxvals
-    preds = transform_preds(coords64, center64, scale64, (w, h))
+    preds = transform_preds(coords64, center_np, scale_np, (w, h))
     return jnp.asarray(preds.astype(np.float32)), maxvals
+
+
+def _float_array(value: ArrayLike) -> np.ndarray:
+    array = np.asarray(value)
+    return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float64)
 
 
 def _flip_permutation(flip_pairs: FlipPairs, num_joints: int) -> tuple[int, ...]:
