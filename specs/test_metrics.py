@@ -137,6 +137,25 @@ def test_pck_with_no_counted_joint_reports_zero_average():
     assert float(avg) == 0.0 and int(cnt) == 0
 
 
+def test_pck_average_on_arrays_is_the_float64_mean_of_the_joint_fractions_rounded_once():
+    # 16 joints on 7 samples: joint j is counted in its first n_j samples and correct
+    # in the first h_j of those. The fractions sum to 9.3, so the mean is 0.58125
+    # exactly, and float32 0.58125 is what must come out (a float32 running sum of
+    # the fractions ends one float32 step lower).
+    n = [6, 4, 5, 1, 2, 4, 6, 1, 1, 2, 5, 6, 5, 7, 2, 3]
+    h = [4, 2, 4, 1, 0, 2, 4, 1, 0, 2, 4, 1, 1, 7, 2, 0]
+    target = np.zeros((7, 16, 8, 8), np.float32)
+    output = np.zeros((7, 16, 8, 8), np.float32)
+    for j in range(16):
+        for b in range(n[j]):
+            target[b, j, 4, 4] = 1.0  # counted: the target's peak has x, y > 1
+            output[b, j, 4, 4 if b < h[j] else 6] = 1.0  # a miss is 2 px = 2.5 norms off
+    acc, avg, cnt, _ = pck_accuracy(output, target)
+    assert int(cnt) == 16
+    assert float(avg) == float(np.float32(0.58125)) == float(np.asarray(acc)[0])
+    np.testing.assert_allclose(np.asarray(acc)[1:], np.array(h) / np.array(n), rtol=1e-7)
+
+
 def test_pck_accuracy_of_48x16x64x64_returns_17_accuracies_and_48x16x2_preds():
     hm = jax.ShapeDtypeStruct((48, 16, 64, 64), np.float32)
     acc, avg, cnt, pred = jax.eval_shape(pck_accuracy, hm, hm)
