@@ -10,7 +10,8 @@ per axis and ``tmp = 3 * sigma``:
   joint gets weight 0 and an all-zero map;
 * otherwise the map is ``exp(-((x - cx)^2 + (y - cy)^2) / (2 sigma^2))`` inside the
   window clipped to the map and 0 elsewhere, with ``c = ul + floor((2 tmp + 1) / 2)``,
-  which is ``mu`` whenever ``3 sigma`` is a whole number;
+  which is ``mu`` whenever ``3 sigma`` is a whole number; the values are looked up
+  in one patch evaluated with NumPy in float32, bit for bit the reference's;
 * the map is written only where the weight exceeds 0.5; ``target_weight`` is
   ``joints_vis[:, 0]``, set to 0 for joints whose window misses the map.
 
@@ -25,6 +26,7 @@ float32.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -78,15 +80,28 @@ def _peaks(xp: ModuleType, joints: ArrayLike, image_size: tuple[int, int],
     return xp.trunc(joints / stride.astype(coord_dtype) + 0.5)
 
 
+@functools.cache
+def _gaussian_patch(sigma: float) -> np.ndarray:
+    """The unnormalised Gaussian every joint draws, on its whole window: (n, n) float32.
+
+    Entry (r, c) is exp(-((r - p)^2 + (c - p)^2) / (2 sigma^2)) with p =
+    floor((6 sigma + 1) / 2) and n = ceil(6 sigma + 1), evaluated with NumPy in
+    float32 as the reference does (integer offsets, so the squares are exact).
+    """
+    tmp = sigma * 3
+    offsets = np.arange(math.ceil(2 * tmp + 1), dtype=np.float32) - np.float32((2 * tmp + 1) // 2)
+    sq = offsets[:, None] ** 2 + offsets[None, :] ** 2
+    patch = np.exp(-sq / np.float32(2 * sigma**2))
+    patch.setflags(write=False)
+    return patch
+
+
 def _gaussian_target(xp: ModuleType, mu: ArrayLike, joints_vis: ArrayLike,
                      heatmap_size: tuple[int, int],
                      sigma: float) -> tuple[ArrayLike, ArrayLike]:
     """One sample. mu (J, 2) from :func:`_peaks`, joints_vis (J,) or (J, k) -> ((J, h, w), (J, 1))."""
     w, h = heatmap_size
     tmp = sigma * 3
-    # Offset of the Gaussian's peak from the window corner, as the reference's size // 2.
-    peak = (2 * tmp + 1) // 2
-    denom = 2 * sigma**2
 
     mu = xp.asarray(mu)
     vis = xp.asarray(joints_vis)
@@ -102,12 +117,14 @@ def _gaussian_target(xp: ModuleType, mu: ArrayLike, joints_vis: ArrayLike,
     ys = xp.arange(h, dtype=mu.dtype)[None, :]
     in_x = (xs >= ul_x[:, None]) & (xs < br_x[:, None])  # (J, w)
     in_y = (ys >= ul_y[:, None]) & (ys < br_y[:, None])  # (J, h)
-    # Integer offsets are exact in float32, so the Gaussian is evaluated with the
-    # reference's float32 arithmetic: exp(-(dx^2 + dy^2) / (2 sigma^2)).
-    dx = (xs - (ul_x + peak)[:, None]).astype(np.float32)
-    dy = (ys - (ul_y + peak)[:, None]).astype(np.float32)
-    sq = dy[:, :, None] ** 2 + dx[:, None, :] ** 2
-    gauss = xp.exp(-sq / np.float32(denom))
+    # Every joint draws the same patch, only placed differently: it is looked up
+    # rather than recomputed, so each value is NumPy's float32 exp exactly as in
+    # the reference (XLA's exp differs from it by up to ~1e-6 relative).
+    patch = _gaussian_patch(sigma)
+    last = patch.shape[0] - 1
+    col = xp.clip(xs - ul_x[:, None], 0, last).astype(np.int32)  # (J, w)
+    row = xp.clip(ys - ul_y[:, None], 0, last).astype(np.int32)  # (J, h)
+    gauss = xp.asarray(patch)[row[:, :, None], col[:, None, :]]  # (J, h, w)
     write = in_y[:, :, None] & in_x[:, None, :] & (weight > 0.5)[:, None, None]
     target = xp.where(write, gauss, xp.zeros((), np.float32))
     return target, weight[:, None]
