@@ -55,8 +55,11 @@ def box_to_center_scale(
     center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1)
     fit_w = np.where(w < aspect * h, h * aspect, w)
     fit_h = np.where(w > aspect * h, w / aspect, h)
-    scale = np.stack([fit_w, fit_h], axis=-1) / constants.PIXEL_STD * padding
-    return center.astype(np.float32), scale.astype(np.float32)
+    # The reference rounds the box size to float32 before padding it, and pads
+    # in float32: the last bit of the scale follows from that order.
+    scale = (np.stack([fit_w, fit_h], axis=-1) / constants.PIXEL_STD).astype(np.float32)
+    scale = scale * np.float32(padding)
+    return center.astype(np.float32), scale
 
 
 def read_image(image: Any) -> np.ndarray:
@@ -133,8 +136,9 @@ def crop_inputs(image: np.ndarray, center: np.ndarray, scale: np.ndarray,
     std = np.asarray(constants.IMAGENET_STD, np.float32)
     crops = []
     for c, s in zip(center, scale, strict=True):
-        trans = np.asarray(get_affine_transform(np.asarray(c, np.float64),
-                                                np.asarray(s, np.float64), 0.0,
+        # Centre and scale as given (float32 from box_to_center_scale): the
+        # reference builds its crop from float32 boxes in the same way.
+        trans = np.asarray(get_affine_transform(np.asarray(c), np.asarray(s), 0.0,
                                                 (width, height)), np.float64)
         crop = cv2.warpAffine(image, trans, (width, height), flags=cv2.INTER_LINEAR)
         crops.append((crop.astype(np.float32) / 255.0 - mean) / std)
@@ -188,10 +192,11 @@ class PoseEstimator:
         self.variables = jax.device_put({"params": variables["params"],
                                          "batch_stats": variables["batch_stats"]})
         self._model = build_model(cfg)
-        self._predict = jax.jit(functools.partial(
-            _predict_batch, self._model, flip_test=self.flip_test,
+        self.post_process = bool(cfg.test.post_process)
+        self._heatmaps = jax.jit(functools.partial(
+            _predict_heatmaps, self._model, flip_test=self.flip_test,
             flip_pairs=tuple(tuple(p) for p in self.flip_pairs),
-            shift=bool(cfg.test.shift_heatmap), post_process=bool(cfg.test.post_process)))
+            shift=bool(cfg.test.shift_heatmap)))
 
     def __call__(self, image: Any, boxes: Any = None) -> np.ndarray:
         """Keypoints of each boxed person.
@@ -243,22 +248,23 @@ class PoseEstimator:
             inputs = np.concatenate([inputs, np.repeat(inputs[:1] * 0, pad, axis=0)])
             center = np.concatenate([center, np.repeat(center[:1], pad, axis=0)])
             scale = np.concatenate([scale, np.repeat(scale[:1], pad, axis=0)])
-        out = self._predict(self.variables, inputs, center, scale)
-        return np.asarray(out)[:n]
+        heatmaps = self._heatmaps(self.variables, inputs)
+        # Decoded outside the jitted network: the heatmap points come to the
+        # host and are mapped back in float64, as the reference does.
+        preds, maxvals = get_final_preds(heatmaps, center, scale,
+                                         post_process=self.post_process)
+        out = np.concatenate([np.asarray(preds), np.asarray(maxvals)], axis=-1)
+        return out.astype(np.float32)[:n]
 
 
-def _predict_batch(model: Any, variables: Any, inputs: jax.Array, center: jax.Array,
-                   scale: jax.Array, *, flip_test: bool, flip_pairs: tuple, shift: bool,
-                   post_process: bool) -> jax.Array:
+def _predict_heatmaps(model: Any, variables: Any, inputs: jax.Array, *, flip_test: bool,
+                      flip_pairs: tuple, shift: bool) -> jax.Array:
     if flip_test:
         n = inputs.shape[0]
         both = jnp.concatenate([inputs, inputs[..., ::-1]], axis=0)
         heatmaps = model.apply(variables, both, train=False)
-        heatmaps = fuse_flip(heatmaps[:n], heatmaps[n:], flip_pairs, shift=shift)
-    else:
-        heatmaps = model.apply(variables, inputs, train=False)
-    preds, maxvals = get_final_preds(heatmaps, center, scale, post_process=post_process)
-    return jnp.concatenate([preds, maxvals], axis=-1).astype(jnp.float32)
+        return fuse_flip(heatmaps[:n], heatmaps[n:], flip_pairs, shift=shift)
+    return model.apply(variables, inputs, train=False)
 
 
 def _joint_side(name: str) -> str:

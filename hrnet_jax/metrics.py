@@ -1,10 +1,13 @@
 """Heatmap argmax decoding, PCK accuracy during training, PCKh and the MPII table.
 
 :func:`get_max_preds`, :func:`pck_accuracy` and :func:`pckh` are jitted and work
-inside other jitted code. :func:`mpii_evaluate` reads MPII's ground truth on the
-host and computes in float64 with NumPy, as the reference does, so that its
-table matches published numbers to the last digit; it shares its formula with
-:func:`pckh`.
+inside other jitted code. Called on concrete arrays, :func:`pckh` computes in
+float64 on the host instead, so that errors exactly at the threshold count as
+in the reference, and :func:`pck_accuracy` forms its fractions and their mean
+from the jitted counts in float64, as the reference does. :func:`mpii_evaluate`
+reads MPII's ground truth on the host and computes in float64 with NumPy, as
+the reference does, so that its table matches published numbers to the last
+digit; it shares its formula with :func:`pckh`.
 """
 
 from __future__ import annotations
@@ -47,13 +50,19 @@ _TRUE_AT_0_1 = 10
 TRUE_MEAN_AT_0_1_KEY = "Mean@0.1(true)"
 
 
+# Heatmaps given channels-last are at least this many pixels on a side in
+# practice (a 128-pixel input); joints rarely reach that number.
+_MIN_CHANNELS_LAST_SIDE = 32
+
+
 def check_heatmaps(heatmaps: ArrayLike, name: str = "heatmaps") -> tuple[int, int, int, int]:
     """Raises ValueError unless ``heatmaps`` is (B, J, H, W); returns the shape.
 
     Channels-last input (B, H, W, J) is recognised where the shape gives it
-    away: dims 1 and 2 equal and the last at most half of them, e.g.
-    (48, 64, 64, 16). (A shape like (B, 16, 16, 12) is ambiguous and taken as
-    channels first.)
+    away: dims 1 and 2 equal, at least 32, and the last at most half of them,
+    e.g. (48, 64, 64, 16). Smaller or less lopsided shapes such as
+    (B, 16, 16, 12) or (B, 8, 8, 4) are ambiguous and taken as channels first,
+    as the reference takes every 4-d array.
     """
     shape = tuple(jnp.shape(heatmaps))
     if len(shape) == 3:
@@ -63,7 +72,7 @@ def check_heatmaps(heatmaps: ArrayLike, name: str = "heatmaps") -> tuple[int, in
         )
     if len(shape) != 4:
         raise ValueError(f"{name}: expected heatmaps of shape (B, J, H, W), got {shape}")
-    if shape[1] == shape[2] and 2 * shape[3] <= shape[1]:
+    if shape[1] == shape[2] >= _MIN_CHANNELS_LAST_SIDE and 2 * shape[3] <= shape[1]:
         raise ValueError(
             f"{name}: expected heatmaps of shape (B, J, H, W) (channels first), got {shape}, "
             f"which looks channels-last (B, H, W, J); transpose with (0, 3, 1, 2)"
@@ -119,7 +128,8 @@ def get_max_preds(heatmaps: ArrayLike) -> tuple[jax.Array, jax.Array]:
 
 
 @jax.jit
-def _pck_accuracy(output, target, thr):
+def _pck_counts(output, target, thr):
+    """Per joint: samples within ``thr`` and samples counted, (J,) int32 each; and the preds."""
     _, _, h, w = output.shape
     pred, _ = _max_preds(output)
     gt, _ = _max_preds(target)
@@ -127,16 +137,22 @@ def _pck_accuracy(output, target, thr):
     norm = jnp.array([h, w], jnp.float32) / 10
     counted = (gt[..., 0] > 1) & (gt[..., 1] > 1)  # (B, J)
     dists = jnp.linalg.norm((pred - gt) / norm, axis=-1)
-    hits = jnp.sum(counted & (dists < thr), axis=0)
-    num_counted = jnp.sum(counted, axis=0)
-    per_joint = jnp.where(
-        num_counted > 0, hits / jnp.maximum(num_counted, 1), -1.0
-    ).astype(jnp.float32)
+    hits = jnp.sum(counted & (dists < thr), axis=0, dtype=jnp.int32)
+    num_counted = jnp.sum(counted, axis=0, dtype=jnp.int32)
+    return hits, num_counted, pred
+
+
+def _pck_summary(xp: ModuleType, hits, num_counted, dtype):
+    """(acc (J + 1,), avg_acc, cnt) from per-joint counts, computed in ``dtype``."""
+    per_joint = xp.where(num_counted > 0, hits.astype(dtype) / xp.maximum(num_counted, 1),
+                         dtype(-1.0)).astype(dtype)
     has = num_counted > 0
-    cnt = jnp.sum(has).astype(jnp.int32)
-    avg_acc = jnp.where(cnt > 0, jnp.sum(jnp.where(has, per_joint, 0.0)) / jnp.maximum(cnt, 1), 0.0)
-    acc = jnp.concatenate([avg_acc[None], per_joint]).astype(jnp.float32)
-    return acc, avg_acc.astype(jnp.float32), cnt, pred
+    cnt = xp.sum(has)
+    # The reference adds the joints' accuracies one after another: a running sum.
+    total = xp.cumsum(xp.where(has, per_joint, dtype(0.0)))[-1]
+    avg_acc = xp.where(cnt > 0, total / xp.maximum(cnt, 1), dtype(0.0)).astype(dtype)
+    acc = xp.concatenate([avg_acc[None], per_joint]).astype(dtype)
+    return acc, avg_acc, cnt
 
 
 def pck_accuracy(
@@ -152,6 +168,11 @@ def pck_accuracy(
     ``thr`` is honoured here; the reference's ``accuracy`` accepts a ``thr``
     but never passes it on, so it always measures at 0.5. The two agree at the
     default.
+
+    Distances and counts are computed jitted; called on concrete arrays, the
+    per-joint fractions and their mean are then formed in float64 (the
+    reference's arithmetic) and rounded once to float32. Inside ``jax.jit`` they
+    are formed in float32 (the mean within about 2e-7 relative).
 
     Args:
       output: (B, J, H, W) predicted heatmaps.
@@ -170,7 +191,17 @@ def pck_accuracy(
     if target_shape != shape:
         raise ValueError(f"target: expected the output's shape (B, J, H, W) = {shape}, "
                          f"got {target_shape}")
-    return _pck_accuracy(output, target, thr)
+    hits, num_counted, pred = _pck_counts(output, target, thr)
+    try:
+        hits, num_counted = np.asarray(hits), np.asarray(num_counted)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        acc, avg_acc, cnt = _pck_summary(jnp, hits, num_counted, jnp.float32)
+        return acc, avg_acc, cnt.astype(jnp.int32), pred
+    # Concrete inputs: the fractions and their mean in float64 as the reference,
+    # rounded once to float32 (a float32 running mean can be 2 ulps off).
+    acc, avg_acc, cnt = _pck_summary(np, hits, num_counted, np.float64)
+    return (jnp.asarray(acc, jnp.float32), jnp.asarray(avg_acc, jnp.float32),
+            jnp.asarray(cnt, jnp.int32), pred)
 
 
 # --------------------------------------------------------------------------- PCKh
@@ -257,7 +288,25 @@ def pckh(
       (J,) float32 percentages.
     """
     _check_pckh_inputs(pred, gt, headboxes, visible)
-    return _pckh(pred, gt, headboxes, visible, threshold, sc_bias)
+    concrete = _as_float64(pred, gt, headboxes, visible, threshold, sc_bias)
+    if concrete is None:
+        return _pckh(pred, gt, headboxes, visible, threshold, sc_bias)
+    # Outside a trace the inputs are computed on in float64, as the reference
+    # does: an error of exactly ``threshold`` head sizes (0.66 px against a
+    # head size of 6 at 0.11, say) then counts as it does there, where float32
+    # rounding could tip it either way.
+    pred64, gt64, boxes64, visible64, threshold64, sc_bias64 = concrete
+    scaled = _scaled_errors(np, pred64, gt64, boxes64, visible64, sc_bias64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return jnp.asarray(_pckh_at(np, scaled, visible64, threshold64), jnp.float32)
+
+
+def _as_float64(*values: Any) -> list[np.ndarray] | None:
+    """The values as float64 NumPy arrays, or None if any is being traced by JAX."""
+    try:
+        return [np.asarray(v, dtype=np.float64) for v in values]
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- MPII table
@@ -289,8 +338,8 @@ def mpii_evaluate(
 ) -> collections.OrderedDict[str, Any]:
     """The MPII PCKh table, as the reference's ``MPIIDataset.evaluate``.
 
-    Predictions are 0-based pixels; 1 is added before comparing with MPII's
-    1-based annotations. Computed in float64 with NumPy.
+    Predictions are 0-based pixels; 1 is added (in the predictions' dtype) before
+    comparing with MPII's 1-based annotations. Computed in float64 with NumPy.
 
     Args:
       preds: (N, 16, 2) or (N, 16, 3) predictions (x, y[, score]) in
@@ -333,13 +382,18 @@ def mpii_evaluate(
         raise ValueError(f"{source}: dataset_joints: expected the 16 MPII names "
                          f"{list(MPII_DATASET_JOINTS)} (any order), got {names}")
 
-    preds = np.asarray(preds, dtype=np.float64)
+    preds = np.asarray(preds)
+    if not np.issubdtype(preds.dtype, np.floating):
+        preds = preds.astype(np.float64)
     if preds.ndim != 3 or preds.shape[1] != 16 or preds.shape[2] not in (2, 3):
         raise ValueError(f"preds: expected shape (N, 16, 2) or (N, 16, 3), got {preds.shape}")
     if preds.shape[0] != n:
         raise ValueError(f"preds: {preds.shape[0]} records, but {source} has N = {n}")
 
-    pred = preds[:, :, 0:2] + 1.0  # MPII annotations are 1-based
+    # MPII annotations are 1-based. The 1 is added in the predictions' own
+    # precision (float32 from a validation run) before anything is float64,
+    # as the reference does.
+    pred = (preds[:, :, 0:2] + preds.dtype.type(1.0)).astype(np.float64)
     visible = 1 - jnt_missing.T  # (N, 16)
     gt_xy = np.transpose(pos_gt, (2, 0, 1))
     boxes = np.transpose(headboxes, (2, 0, 1))

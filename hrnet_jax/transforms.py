@@ -2,15 +2,17 @@
 
 One implementation serves two callers:
 
-* the data pipeline, on NumPy inputs: :func:`get_affine_transform` returns a
-  float64 ``(2, 3)`` matrix for ``cv2.warpAffine``, equal to what
-  ``cv2.getAffineTransform`` gives on the reference's three-point construction;
+* the data pipeline and host-side decoding, on NumPy inputs:
+  :func:`get_affine_transform` returns a float64 ``(2, 3)`` matrix for
+  ``cv2.warpAffine``, solved by ``cv2.getAffineTransform`` from the reference's
+  three-point construction, as the reference does;
 * decoding, on JAX arrays inside ``jax.jit``: the same code runs on ``jax.numpy``
   (float32 unless x64 is enabled) and broadcasts over leading batch axes.
 
 The array module is picked from the inputs: any JAX array (or tracer) selects
 ``jax.numpy``, otherwise NumPy. JAX is never imported by this module, so data
-loading worker processes that only use NumPy never pay for it.
+loading worker processes that only use NumPy never pay for it; OpenCV is
+imported on first use of the NumPy path.
 
 ``scale`` is the person box size in units of ``PIXEL_STD`` (200) pixels, as in
 the reference; a scalar scale means ``(s, s)``. Sizes are ``(width, height)``.
@@ -49,6 +51,12 @@ def _float_dtype(xp: ModuleType) -> Any:
     if xp is np:
         return np.float64
     return xp.zeros((), dtype=float).dtype
+
+
+def _own_float_dtype(value: Any) -> np.dtype:
+    """The floating dtype NumPy gives ``value`` (float64 for Python numbers and integers)."""
+    value_dtype = np.asarray(value).dtype
+    return value_dtype if np.issubdtype(value_dtype, np.floating) else np.dtype(np.float64)
 
 
 def _rotate(xp: ModuleType, y: ArrayLike, angle_rad: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
@@ -116,7 +124,8 @@ def get_affine_transform(
     Args:
       center: box centre (x, y) in image pixels, shape (..., 2).
       scale: box size in units of 200 px, shape (..., 2) as (sx, sy), or
-        (...) for (s, s).
+        (...) for (s, s). On NumPy inputs a float32 scale is multiplied by 200
+        in float32, as in the reference.
       rot: rotation in degrees, a scalar or shape (...).
       output_size: (width, height) of the output window.
       shift: offset of the box centre in units of the box size, (2,).
@@ -128,6 +137,11 @@ def get_affine_transform(
     """
     xp = array_namespace(center, scale, rot, output_size, shift)
     dtype = _float_dtype(xp)
+    # The reference multiplies the scale by 200 (and that by the shift) in the
+    # scale's own precision: float32 scales, as COCO records and detector boxes
+    # carry, give a float32 box size.
+    box_dtype = _own_float_dtype(scale) if xp is np else dtype
+    shift_dtype = np.result_type(box_dtype, _own_float_dtype(shift)) if xp is np else dtype
     center = xp.asarray(center, dtype=dtype)
     scale = xp.asarray(scale, dtype=dtype)
     rot = xp.asarray(rot, dtype=dtype)
@@ -147,8 +161,8 @@ def get_affine_transform(
     if shift.shape != (2,):
         raise ValueError(f"shift: expected (2,), got shape {shift.shape}")
 
-    box = scale * PIXEL_STD
-    box_shift = box * shift
+    box = (scale.astype(box_dtype) * PIXEL_STD).astype(dtype)
+    box_shift = (box.astype(shift_dtype) * shift.astype(shift_dtype)).astype(dtype)
     out_w, out_h = output_size[0], output_size[1]
     dir_x, dir_y = _rotate(xp, box[..., 0] * -0.5, np.pi * rot / 180)
 
@@ -161,10 +175,30 @@ def get_affine_transform(
     dst1 = _stack_last(out_w * 0.5, out_h * 0.5 - out_w * 0.5).astype(f32)
     src = xp.stack([src0, src1, _third_point(src0, src1)], axis=-2)
     dst = xp.stack([dst0, dst1, _third_point(dst0, dst1)], axis=-2)
-    src, dst = xp.broadcast_arrays(src.astype(dtype), dst.astype(dtype))
     if inv:
-        return _solve_three_points(dst, src)
+        src, dst = dst, src
+    if xp is np:
+        return _opencv_three_points(src, dst)
+    src, dst = xp.broadcast_arrays(src.astype(dtype), dst.astype(dtype))
     return _solve_three_points(src, dst)
+
+
+def _opencv_three_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``cv2.getAffineTransform`` on each (3, 2) pair of ``src`` and ``dst`` (..., 3, 2).
+
+    The reference's matrices come from OpenCV's solver: using it keeps every
+    matrix, and every point mapped with it, equal to the reference's to the
+    last bit (a different, equally exact solver breaks float32 rounding ties
+    the other way now and then).
+    """
+    import cv2  # host-side geometry only; workers that crop images load it anyway
+
+    src, dst = np.broadcast_arrays(np.asarray(src, np.float32), np.asarray(dst, np.float32))
+    lead = src.shape[:-2]
+    pairs = zip(src.reshape(-1, 3, 2), dst.reshape(-1, 3, 2), strict=True)
+    mats = [cv2.getAffineTransform(np.ascontiguousarray(a), np.ascontiguousarray(b))
+            for a, b in pairs]
+    return np.array(mats, dtype=np.float64).reshape(lead + (2, 3))
 
 
 def affine_transform(pt: ArrayLike, t: ArrayLike) -> ArrayLike:

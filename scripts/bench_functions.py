@@ -1,7 +1,8 @@
 """Times the jitted numerical core against per-sample, per-joint NumPy loops.
 
 Measures, after compilation, the median milliseconds per call of
-``generate_targets``, ``pck_accuracy`` and ``get_final_preds`` on a batch of
+``generate_targets``, ``pck_accuracy`` and ``get_final_preds`` (inside ``jax.jit``,
+and called on arrays, where it maps back in float64 on the host) on a batch of
 heatmaps (default 48 x 16 x 64 x 64) and of ``mpii_evaluate`` on 2958 synthetic
 records (the size of MPII's validation set). Next to each, a plain NumPy
 version that loops over samples and joints the way the reference
@@ -167,6 +168,7 @@ def main() -> None:
         (joints, vis, heatmaps, target, center, scale))
     preds, gt = synthetic_mpii(rng, args.records)
 
+    jit_final_preds = jax.jit(get_final_preds)
     rows = [
         ("generate_targets",
          lambda: generate_targets(d_joints, d_vis, image_size=IMAGE_SIZE,
@@ -174,7 +176,10 @@ def main() -> None:
          lambda: loop_targets(joints, vis)),
         ("pck_accuracy", lambda: pck_accuracy(d_heatmaps, d_target),
          lambda: loop_accuracy(heatmaps, target)),
-        ("get_final_preds", lambda: get_final_preds(d_heatmaps, d_center, d_scale),
+        ("get_final_preds (in jit)", lambda: jit_final_preds(d_heatmaps, d_center, d_scale),
+         lambda: loop_final_preds(heatmaps, center, scale)),
+        # Called on arrays it maps back in float64 on the host, as the reference does.
+        ("get_final_preds (on arrays)", lambda: get_final_preds(d_heatmaps, center, scale),
          lambda: loop_final_preds(heatmaps, center, scale)),
         (f"mpii_evaluate ({args.records} records)", lambda: mpii_evaluate(preds, gt),
          lambda: loop_mpii(preds, gt)),

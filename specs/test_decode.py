@@ -144,3 +144,23 @@ def test_flip_helpers_work_inside_jit():
 def test_flip_pair_out_of_range_raises():
     with pytest.raises(ValueError, match="flip_pairs: pair"):
         flip_back(np.zeros((1, 3, 2, 2), np.float32), ((0, 5),))
+
+
+def test_final_preds_of_arrays_are_mapped_back_in_float64_and_rounded_once_to_float32():
+    # 48 x 64 heatmaps (W x H), peak at (x, y) = (2, 9), no refinement; box centre
+    # (1000.1, 700.3) and scale 2.9 given in float64, as the reference's records are.
+    # The reference rounds its construction points to float32: the centre
+    # c = (f32(1000.1), f32(700.3)) and the point above it at y1 = f32(700.3 - 290),
+    # and maps back in float64 with the box half-height d = c_y - y1 spanning
+    # W / 2 heatmap pixels: p = c + (2 d / W) * ((x, y) - (W / 2, H / 2)). All of this
+    # is exact in float64 here; the result is rounded once to float32.
+    hm = np.zeros((1, 1, 64, 48), np.float32)
+    hm[0, 0, 9, 2] = 1.0
+    cx, cy = float(np.float32(1000.1)), float(np.float32(700.3))
+    d = cy - float(np.float32(700.3 - 290.0))
+    expected = np.array([[[cx + 2 * d / 48 * (2 - 24), cy + 2 * d / 48 * (9 - 32)]]], np.float32)
+    # (734.26666, 422.38333); float32 arithmetic throughout would give y one step lower.
+    preds, _ = get_final_preds(hm, np.array([[1000.1, 700.3]]), np.array([[2.9, 2.9]]),
+                               post_process=False)
+    assert np.asarray(preds).dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(preds), expected)

@@ -68,6 +68,16 @@ def test_as_many_joints_as_rows_is_not_mistaken_for_channels_last():
     chex.assert_shape(preds, (1, 16, 2))
 
 
+def test_small_square_heatmaps_with_half_as_many_columns_are_taken_as_channels_first():
+    # 4 x 8 (width x height) maps of 8 joints: (B, 8, 8, 4) could be read either way;
+    # like the reference, a shape this small is taken as (B, J, H, W).
+    heatmaps = np.zeros((1, 8, 8, 4), np.float32)
+    heatmaps[0, 3, 5, 2] = 1.0  # joint 3 at (x, y) = (2, 5)
+    preds, _ = get_max_preds(heatmaps)
+    chex.assert_shape(preds, (1, 8, 2))
+    np.testing.assert_array_equal(np.asarray(preds)[0, 3], [2.0, 5.0])
+
+
 # --------------------------------------------------------------------------- pck_accuracy
 
 
@@ -125,6 +135,25 @@ def test_pck_with_no_counted_joint_reports_zero_average():
     acc, avg, cnt, _ = pck_accuracy(np.ones(shape, np.float32), np.zeros(shape, np.float32))
     np.testing.assert_array_equal(np.asarray(acc), [0.0, -1.0, -1.0, -1.0])
     assert float(avg) == 0.0 and int(cnt) == 0
+
+
+def test_pck_average_on_arrays_is_the_float64_mean_of_the_joint_fractions_rounded_once():
+    # 16 joints on 7 samples: joint j is counted in its first n_j samples and correct
+    # in the first h_j of those. The fractions sum to 9.3, so the mean is 0.58125
+    # exactly, and float32 0.58125 is what must come out (a float32 running sum of
+    # the fractions ends one float32 step lower).
+    n = [6, 4, 5, 1, 2, 4, 6, 1, 1, 2, 5, 6, 5, 7, 2, 3]
+    h = [4, 2, 4, 1, 0, 2, 4, 1, 0, 2, 4, 1, 1, 7, 2, 0]
+    target = np.zeros((7, 16, 8, 8), np.float32)
+    output = np.zeros((7, 16, 8, 8), np.float32)
+    for j in range(16):
+        for b in range(n[j]):
+            target[b, j, 4, 4] = 1.0  # counted: the target's peak has x, y > 1
+            output[b, j, 4, 4 if b < h[j] else 6] = 1.0  # a miss is 2 px = 2.5 norms off
+    acc, avg, cnt, _ = pck_accuracy(output, target)
+    assert int(cnt) == 16
+    assert float(avg) == float(np.float32(0.58125)) == float(np.asarray(acc)[0])
+    np.testing.assert_allclose(np.asarray(acc)[1:], np.array(h) / np.array(n), rtol=1e-7)
 
 
 def test_pck_accuracy_of_48x16x64x64_returns_17_accuracies_and_48x16x2_preds():
@@ -316,3 +345,35 @@ def test_pckh_table_prints_a_header_a_rule_and_values_with_3_decimals():
         "|---|---|---|",
         "| pose_hrnet | 97.100 | 90.123 |",
     ]
+
+
+# --------------------------------------------------------------------------- exact ties
+
+
+@pytest.mark.parametrize("error, threshold, expected", [
+    (0.66, 0.11, 100.0), (0.18, 0.03, 100.0), (0.36, 0.06, 100.0), (0.72, 0.12, 100.0),
+    # 1.08 / 6 is 0.18000000000000002 in float64 (the reference's arithmetic): just over.
+    (1.08, 0.18, 0.0),
+])
+def test_pckh_on_arrays_decides_exact_ties_in_float64_as_the_reference(error, threshold, expected):
+    # A head box 10 px wide: head size 0.6 x 10 = 6 px. In float64, 0.66 / 6 is
+    # exactly the double nearest 0.11, so that joint is correct; in float32
+    # arithmetic each of these cases would be decided the other way.
+    got = pckh(np.array([[[error, 0.0]]]), np.zeros((1, 1, 2)),
+               np.array([[[3.0, 4.0], [13.0, 4.0]]]), np.ones((1, 1)), threshold=threshold)
+    np.testing.assert_allclose(np.asarray(got), [expected])
+
+
+def test_mpii_adds_the_one_to_float32_predictions_in_float32():
+    # A float32 prediction x = -2^-26 plus 1 rounds to exactly 1.0 in float32, which
+    # lies 3 px from a joint at x = 4: 0.5 head sizes of 0.6 x 10 = 6 px, so correct.
+    # (In float64 it would be 3 + 2^-26 px away, and wrong.)
+    preds, gt = mpii_case()
+    gt["pos_gt_src"][:, 0, :] = 4.0
+    gt["pos_gt_src"][:, 1, :] = 1.0
+    gt["headboxes_src"] = np.zeros((2, 2, 4))
+    gt["headboxes_src"][1, 0, :] = 10.0
+    preds = np.zeros((4, 16, 2), np.float32)
+    preds[:, :, 0] = -(2.0**-26)
+    assert mpii_evaluate(preds, gt)["Head"] == pytest.approx(100.0)
+    assert mpii_evaluate(preds.astype(np.float64), gt)["Head"] == pytest.approx(0.0)

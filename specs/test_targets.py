@@ -52,10 +52,32 @@ def test_one_joint_8x8_sigma_1_is_the_gaussian_on_its_window():
         assert target[0, 6, 3] == 0.0
 
 
+def test_gaussian_values_are_float32_numpy_exp_of_the_integer_offsets_to_the_bit():
+    # Joint (64, 64) px at stride 4 -> mu = (16, 16); sigma 2 -> a 13 x 13 window from
+    # 10 to 22 on both axes. The reference evaluates exp(-(dx^2 + dy^2) / 8) with
+    # NumPy on a float32 array of the window's offsets; the same bits must come out.
+    offsets = np.arange(-6, 7, dtype=np.float32)
+    expected = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / np.float32(8.0))
+    for target, _ in both([[64.0, 64.0]], [1.0], image_size=(256, 256), heatmap_size=(64, 64),
+                          sigma=2):
+        np.testing.assert_array_equal(target[0, 10:23, 10:23], expected)
+        assert not target[0, 9].any() and not target[0, :, 23].any()
+
+
 def test_mu_is_joint_over_stride_rounded_half_up():
     # 10 / 4 + 0.5 = 3.0 -> 3; 9.9 / 4 + 0.5 = 2.975 -> 2.
     for target, _ in both([[10.0, 9.9]], [1.0], sigma=1, **SMALL):
         assert np.unravel_index(np.argmax(target[0]), (8, 8)) == (2, 3)  # (row y, column x)
+
+
+def test_mu_of_a_joint_a_hair_short_of_a_half_stride_is_decided_in_float64():
+    # x = 10 - 1e-12: 2.49999999999975 + 0.5 -> 2 in float64, as the reference computes.
+    # (float32 would round the joint to 10.0 and give 3.)
+    joints = np.array([[10.0 - 1e-12, 16.0]])
+    for target, _ in both(joints, [1.0], sigma=1, **SMALL):
+        assert np.unravel_index(np.argmax(target[0]), (8, 8)) == (4, 2)  # (row y, column x)
+    batched, _ = generate_targets(joints[None], np.ones((1, 1)), sigma=1, **SMALL)
+    assert np.unravel_index(np.argmax(np.asarray(batched)[0, 0]), (8, 8)) == (4, 2)
 
 
 def test_negative_coordinates_truncate_toward_zero():

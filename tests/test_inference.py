@@ -108,6 +108,21 @@ def test_keypoints_of_flat_heatmaps_land_on_the_crop_corner_of_each_box(estimato
     np.testing.assert_allclose(keypoints[..., 2], SCORE, rtol=1e-6)
 
 
+def test_keypoints_are_mapped_back_in_float64_and_rounded_once_as_the_reference(estimator):
+    # Box (13.3, 7.1, 41, 83.7) on the square model: float32 centre c = f32((33.8, 48.95)),
+    # scale s = f32(f32(83.7 / 200) * 1.25), box side f32(200 s) (float32, as the
+    # reference multiplies a float32 scale). The reference's point above the centre is
+    # y1 = f32(c_y - side / 2), and the heatmap corner (0, 0) maps to the third point,
+    # (f32(c_x - d), y1) with d = f32(c_y - y1), computed in float64 then rounded.
+    keypoints = estimator(_image(), [13.3, 7.1, 41.0, 83.7])
+    cx, cy = float(np.float32(13.3 + 20.5)), float(np.float32(7.1 + 83.7 / 2))
+    side = float(np.float32(np.float32(np.float32(83.7 / 200) * np.float32(1.25)) * 200))
+    y1 = float(np.float32(cy - side / 2))
+    d = float(np.float32(cy - y1))
+    expected = np.tile(np.array([np.float32(cx - d), y1], np.float32), (16, 1))
+    np.testing.assert_array_equal(keypoints[0, :, :2], expected)
+
+
 def test_without_a_box_the_crop_is_the_whole_image_fitted_to_the_aspect_ratio(estimator):
     keypoints = estimator(_image(height=120, width=90))
     chex.assert_shape(keypoints, (1, 16, 3))
