@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Many tests compile the same tiny steps, in this process and in the scripts they
+# run; JAX's persistent compilation cache (inherited by subprocesses) compiles
+# each once per session.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="hrnet_jax_test_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 from hrnet_jax.config import Config, get_config, override
 

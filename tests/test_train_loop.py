@@ -1,0 +1,175 @@
+"""The training run end to end on a tiny synthetic MPII-format set: resume, kill, CLI, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import scipy.io
+from conftest import TINY_OVERRIDES, tiny_config
+from hrnet_jax.data import write_synthetic_mpii
+
+from hrnet_jax.model_file import load_model
+from hrnet_jax.train.checkpoint import Checkpoints, load_for_evaluation
+from hrnet_jax.train.loop import TrainingDiverged, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_TRAIN, NUM_VALID = 24, 10
+# 24 images in batches of 4: 6 steps per epoch, 2 epochs.
+RUN = ("train.batch_size_per_device=4", "test.batch_size_per_device=4", "train.end_epoch=2",
+       "print_freq=2", "workers=0")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic_mpii"))
+    write_synthetic_mpii(root, num_train=NUM_TRAIN, num_valid=NUM_VALID, seed=0,
+                         image_size=(96, 96))
+    return root
+
+
+def run_config(data_root, *extra):
+    return tiny_config(*RUN, f"dataset.root={data_root}", *extra)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_root, tmp_path_factory):
+    """Two epochs (12 steps) without interruption."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    result = train(run_config(data_root), workdir, show_progress=False)
+    return workdir, result
+
+
+def final_variables(workdir):
+    variables, _ = load_model(os.path.join(workdir, "final_model"))
+    return variables
+
+
+def assert_same_variables(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_run_trains_every_step_validates_each_epoch_and_writes_its_models(straight_run):
+    workdir, result = straight_run
+    assert result.step == 12 and result.epoch == 2
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    valid = [x for x in lines if "valid_PCKh/Mean" in x]
+    assert [x["step"] for x in valid] == [6, 12]
+    train_lines = [x for x in lines if "train_loss" in x]
+    assert [x["step"] for x in train_lines] == [2, 4, 6, 8, 10, 12]
+    assert all(x["lr"] == pytest.approx(1e-3) for x in train_lines)
+    log = open(os.path.join(workdir, "train.log")).read()
+    assert "Epoch: [1][6/6]" in log and "Speed" in log and "Accuracy" in log
+    assert "| Head | Shoulder | Elbow | Wrist | Hip | Knee | Ankle | Mean | Mean@0.1 |" in log
+    for name in ("model_best", "final_model"):
+        variables, cfg = load_model(os.path.join(workdir, name))
+        assert cfg.model.image_size == (64, 64)
+    assert Checkpoints(os.path.join(workdir, "checkpoints")).all_steps() == [6, 12]
+
+
+def test_stopping_at_max_steps_and_rerunning_continues_exactly(straight_run, data_root, tmp_path):
+    workdir = str(tmp_path / "resumed")
+    first = train(run_config(data_root), workdir, max_steps=4, show_progress=False)
+    assert first.step == 4
+    second = train(run_config(data_root), workdir, show_progress=False)
+    assert second.step == 12
+    assert "resuming from" in open(os.path.join(workdir, "train.log")).read()
+    assert_same_variables(final_variables(workdir), final_variables(straight_run[0]))
+
+
+def test_a_resumed_run_with_another_batch_size_is_refused(straight_run, data_root, tmp_path):
+    workdir = str(tmp_path / "other")
+    train(run_config(data_root), workdir, max_steps=1, show_progress=False)
+    with pytest.raises(ValueError, match="steps per epoch"):
+        train(run_config(data_root, "train.batch_size_per_device=8"), workdir,
+              show_progress=False)
+
+
+def test_sigkill_mid_run_then_the_same_command_finishes_as_if_never_killed(
+        straight_run, data_root, tmp_path):
+    workdir = str(tmp_path / "killed")
+    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config", "hrnet_w8",
+               "--workdir", workdir, "--data-root", data_root, "--no-progress"]
+    for item in (*TINY_OVERRIDES, *RUN, "train.checkpoint_every_steps=1"):
+        command += ["--set", item]
+    checkpoints = os.path.join(workdir, "checkpoints")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()] \
+                if os.path.isdir(checkpoints) else []
+            if steps and max(steps) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = Checkpoints(checkpoints).latest_step()
+    assert killed_at is not None and killed_at < 12
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resuming from {checkpoints} at step {killed_at}" in rerun.stdout
+    assert_same_variables(final_variables(workdir), final_variables(straight_run[0]))
+
+    # scripts/test.py on the work directory evaluates its best model.
+    out = str(tmp_path / "test_out")
+    test = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "test.py"), "--config", "hrnet_w8",
+         "--checkpoint", workdir, "--data-root", data_root, "--out", out, "--no-progress",
+         "--set", "workers=0", "--batch-size", "4"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+    assert "Mean@0.1" in test.stdout and "best model" in test.stdout
+    preds = scipy.io.loadmat(os.path.join(out, "pred.mat"))["preds"]
+    assert preds.shape == (NUM_VALID, 16, 2)
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert 0.0 <= results["pckh"]["Mean"] <= 100.0
+    assert results["flip_test"] is True
+
+
+def test_load_for_evaluation_takes_the_best_model_of_a_work_directory(straight_run):
+    workdir, _ = straight_run
+    variables, cfg, source = load_for_evaluation(workdir)
+    assert source.startswith("best model") and cfg.model.image_size == (64, 64)
+    variables, cfg, source = load_for_evaluation(os.path.join(workdir, "checkpoints"))
+    assert source.startswith("checkpoint") and cfg is not None
+    assert set(variables) == {"params", "batch_stats"}
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        load_for_evaluation(os.path.join(workdir, "tensorboard")
+                            if os.path.isdir(os.path.join(workdir, "tensorboard"))
+                            else os.path.dirname(workdir))
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
+    workdir = str(tmp_path / "nan")
+    cfg = run_config(data_root, "train.lr=1e30", "print_freq=1", "train.checkpoint_every_steps=1")
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+") as info:
+        train(cfg, workdir, show_progress=False)
+    bad_step = int(str(info.value).split(" at step ")[1].split()[0])
+    steps = Checkpoints(os.path.join(workdir, "checkpoints")).all_steps()
+    assert steps and max(steps) == bad_step - 1
+
+
+def test_train_script_without_mpii_says_where_it_goes_and_suggests_synthetic(tmp_path):
+    missing = str(tmp_path / "no_mpii")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config", "hrnet_w32",
+         "--data-root", missing, "--workdir", str(tmp_path / "w")],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert missing in proc.stderr
+    assert "--dataset synthetic" in proc.stderr
