@@ -2,6 +2,9 @@
 
     python scripts/predict.py --checkpoint DIR IMAGE... [--box x,y,w,h] [--out DIR]
 
+DIR is an exported or converted model, or a training work directory (its
+best model, else its newest checkpoint).
+
 For each image writes ``<name>.json`` (keypoints as x, y, score in image
 pixels, one list per box) and ``<name>_pose.png`` (the skeleton drawn, left
 and right limbs in different colours, marker size growing with the score).
@@ -19,6 +22,7 @@ import cv2
 
 from hrnet_jax import constants
 from hrnet_jax.inference import PoseEstimator, draw_keypoints, read_image
+from hrnet_jax.train.checkpoint import load_for_evaluation
 
 
 def _box(text: str) -> list[float]:
@@ -34,7 +38,8 @@ def _box(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--checkpoint", required=True, help="exported model directory")
+    parser.add_argument("--checkpoint", required=True,
+                        help="exported or converted model, or a training work directory")
     parser.add_argument("--box", type=_box, action="append", default=None,
                         help="person box x,y,w,h in pixels, used for every image (repeatable)")
     parser.add_argument("--out", default="predictions", help="output directory")
@@ -43,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="joints scoring below this are not drawn")
     args = parser.parse_args(argv)
 
-    estimator = PoseEstimator(args.checkpoint, flip_test=not args.no_flip)
+    try:
+        variables, cfg, source = load_for_evaluation(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg is None:
+        print(f"error: {source} holds no configuration; give its training work directory or "
+              "an exported model", file=sys.stderr)
+        return 2
+    estimator = PoseEstimator(variables, cfg, flip_test=not args.no_flip)
     j = estimator.num_joints
     names = {constants.MPII_NUM_JOINTS: constants.MPII_JOINT_NAMES,
              constants.COCO_NUM_JOINTS: constants.COCO_JOINT_NAMES}.get(j)

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    cli.enable_compilation_cache(args.compilation_cache)
     from hrnet_jax.metrics import format_pckh_table
     from hrnet_jax.train.checkpoint import load_for_evaluation
     from hrnet_jax.train.evaluate import validate, write_results

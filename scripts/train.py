@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    cli.enable_compilation_cache(args.compilation_cache)
     if args.multihost:
         jax.distributed.initialize()
     from hrnet_jax.config import override

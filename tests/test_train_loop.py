@@ -13,9 +13,9 @@ import jax
 import numpy as np
 import pytest
 import scipy.io
+
 from conftest import TINY_OVERRIDES, tiny_config
 from hrnet_jax.data import write_synthetic_mpii
-
 from hrnet_jax.model_file import load_model
 from hrnet_jax.train.checkpoint import Checkpoints, load_for_evaluation
 from hrnet_jax.train.loop import TrainingDiverged, train
@@ -173,3 +173,16 @@ def test_train_script_without_mpii_says_where_it_goes_and_suggests_synthetic(tmp
     assert proc.returncode == 2
     assert missing in proc.stderr
     assert "--dataset synthetic" in proc.stderr
+
+
+def test_predict_script_reads_a_training_work_directory(straight_run, data_root, tmp_path):
+    workdir, _ = straight_run
+    image = os.path.join(data_root, "images", sorted(os.listdir(os.path.join(data_root, "images")))[0])
+    out = str(tmp_path / "pred")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "predict.py"), "--checkpoint", workdir,
+         image, "--out", out], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stem = os.path.splitext(os.path.basename(image))[0]
+    keypoints = json.load(open(os.path.join(out, f"{stem}.json")))["keypoints"]
+    assert np.asarray(keypoints).shape == (1, 16, 3)

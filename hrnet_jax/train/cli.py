@@ -10,6 +10,7 @@ from hrnet_jax import config as config_lib
 from hrnet_jax.config import Config
 
 SYNTHETIC_ROOT = os.path.join("data", "synthetic_mpii")
+DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "hrnet_jax", "xla")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data-loading worker processes (0: in the main process)")
     parser.add_argument("--bf16", action="store_true",
                         help="compute in bfloat16 (parameters stay float32)")
+    parser.add_argument("--compilation-cache", default=DEFAULT_COMPILATION_CACHE, metavar="DIR",
+                        help="JAX's persistent compilation cache, so a rerun skips XLA "
+                             "compilation ('none' disables; default %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.lr=5e-4 (repeatable)")
@@ -57,3 +61,16 @@ def default_workdir(args: argparse.Namespace, cfg: Config) -> str:
     """``output/<dataset>/<config name>``, as the reference lays out its outputs."""
     name = os.path.splitext(os.path.basename(args.config))[0]
     return os.path.join("output", cfg.dataset.name, name)
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+    """Turns on JAX's persistent compilation cache in ``directory`` (None or 'none': off).
+
+    A cache directory set in the environment (``JAX_COMPILATION_CACHE_DIR``) wins.
+    """
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not directory or directory == "none":
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
