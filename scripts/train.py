@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     best = "n/a" if result.best_perf is None else f"{result.best_perf:.3f}"
+    where = os.path.relpath(result.workdir)
     print(f"done: step {result.step}, best Mean PCKh {best}, models in "
-          f"{os.path.relpath(result.workdir)}")
+          f"{result.workdir if where.startswith('..') else where}")
     return 0
 
 

@@ -148,6 +148,7 @@ def draw_person(rng: np.random.Generator, image: np.ndarray, joints: np.ndarray,
     sleeve = shirt if rng.random() < 0.5 else _random_color(rng, 30, 256)
     shin_color = tuple(int(0.6 * v) for v in pants) if rng.random() < 0.5 else _random_color(rng)
     dark = (25, 25, 25)
+    mitten = tuple(int(v) for v in rng.integers(0, 90, size=3))
     t_arm, t_fore = max(2, int(0.055 * height)), max(2, int(0.045 * height))
     t_thigh, t_shin = max(2, int(0.075 * height)), max(2, int(0.06 * height))
     # Legs first, torso over the hips, then arms over the torso, head last.
@@ -164,7 +165,10 @@ def draw_person(rng: np.random.Generator, image: np.ndarray, joints: np.ndarray,
     for sho, elb, wri in ((R_SHOULDER, R_ELBOW, R_WRIST), (L_SHOULDER, L_ELBOW, L_WRIST)):
         _limb(image, joints[sho], joints[elb], sleeve, t_arm)
         _limb(image, joints[elb], joints[wri], skin, t_fore)
-        cv2.circle(image, _pt(joints[wri]), int(0.03 * height * _ONE), skin, -1, cv2.LINE_AA, _SHIFT)
+        # Mittens, as the shoes mark the ankles: a hand must stand out from its skin-coloured
+        # forearm (and a face it passes) for the wrist to be found.
+        cv2.circle(image, _pt(joints[wri]), int(0.035 * height * _ONE), mitten, -1, cv2.LINE_AA,
+                   _SHIFT)
     _limb(image, joints[THORAX], joints[UPPER_NECK], skin, max(2, int(0.04 * height)))
     _draw_head(rng, image, joints[UPPER_NECK], joints[HEAD_TOP], skin)
 
@@ -218,8 +222,8 @@ def render_sample(rng: np.random.Generator, width: int, height: int, *,
 
     Returns:
       ``(image (height, width, 3) uint8 BGR, ann)`` with ``joints`` (16, 2),
-      ``visible`` (16,) bool, ``center`` (2,) and ``scale`` (person size / 200) of
-      the full joint box, ``headbox`` ((x1, y1), (x2, y2)), and with ``with_mask``
+      ``visible`` (16,) bool, ``center`` (2,) of the full joint box and
+      ``scale`` (1.2 times its larger side, / 200), ``headbox`` ((x1, y1), (x2, y2)), and with ``with_mask``
       also ``person_mask`` (height, width) bool: the pixels the person changed.
     """
     size = min(width, height)
@@ -245,11 +249,15 @@ def render_sample(rng: np.random.Generator, width: int, height: int, *,
     neck, top = joints[UPPER_NECK], joints[HEAD_TOP]
     head_center, head_len = (neck + top) / 2, float(np.hypot(*(top - neck)))
     lo, hi = joints.min(axis=0), joints.max(axis=0)
+    # MPII's person scale leaves room around the body, and the reader pads it by 1.25
+    # more: the crop then spans 1.5 times the joints' extent. A scale of the bare
+    # extent put the head top and raised wrists on the crop's edge.
+    scale = 1.2 * float(max(hi - lo)) / 200.0
     ann = {
         "joints": joints,
         "visible": in_image & ~hidden,
         "center": (lo + hi) / 2,
-        "scale": float(max(hi - lo)) / 200.0,
+        "scale": scale,
         "headbox": np.stack([head_center - head_len / 2, head_center + head_len / 2]),
     }
     if with_mask:
@@ -348,7 +356,7 @@ def ensure_synthetic_mpii(root: str, *, num_train: int = 2000, num_valid: int = 
     (``root/images`` and ``root/annot`` are replaced). Returns ``root``.
     """
     params = {"num_train": int(num_train), "num_valid": int(num_valid), "seed": int(seed),
-              "image_size": list(_parse_size(image_size)), "version": 2}
+              "image_size": list(_parse_size(image_size)), "version": 4}
     marker = os.path.join(root, _MARKER)
     if os.path.isfile(marker):
         try:
