@@ -5,8 +5,7 @@ Submodules load on first use, so worker processes import only what they need.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hrnet_jax._lazy import lazy_exports
 
 _EXPORTS = {
     "MPIIDataset": "hrnet_jax.data.mpii",
@@ -24,15 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hrnet_jax.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports("hrnet_jax.data", _EXPORTS, globals())
