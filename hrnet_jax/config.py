@@ -12,6 +12,7 @@ are ``(width, height)``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,10 @@ class ModelConfig:
         "transition2", "stage3", "transition3", "stage4",
     )
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    # Repeated blocks and modules run as one lax.scan each: "auto" (on
+    # accelerators, not on the CPU), "none", "blocks", "modules" or "all".
+    # The variables and the results are the same either way.
+    scan: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,9 @@ class Config:
     train: TrainConfig = TrainConfig()
     test: TestConfig = TestConfig()
     workers: int = 4
+    # Batches each data worker builds ahead of training, at most: the workers
+    # then hold at most workers * prefetch finished batches.
+    prefetch: int = 2
     print_freq: int = 100
     seed: int = 0
     debug: bool = False
@@ -206,6 +214,31 @@ def get_config(name: str) -> Config:
         f"unknown config {name!r}: expected one of {preset_names()}, any hrnet_w<C>, "
         "or a path to a reference-format .yaml experiment file"
     )
+
+
+def parse_image_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+    """``(width, height)`` from ``256``, ``"256"``, ``"1280x720"`` (width x height) or a pair.
+
+    Raises:
+      ValueError: the text is not N or WIDTHxHEIGHT, or a side is not positive.
+    """
+    if isinstance(size, str):
+        try:
+            values = [int(p) for p in size.lower().split("x")]
+        except ValueError:
+            raise ValueError(f"image size {size!r}: expected N or WIDTHxHEIGHT") from None
+    elif isinstance(size, numbers.Integral):
+        values = [int(size)]
+    else:
+        values = [int(v) for v in size]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ValueError(f"image size {size!r}: expected N or WIDTHxHEIGHT")
+    width, height = values
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size {size!r}: both sides must be positive")
+    return width, height
 
 
 # --------------------------------------------------------------------------- overrides

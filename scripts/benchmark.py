@@ -8,7 +8,12 @@ step (flip test and post-processing unless --no-eval-flip) on every local
 device, with synthetic inputs already on the devices. Compilation is timed
 apart; warm-up calls are not timed. FLOPs come from XLA's cost analysis and
 MFU from a table of known peaks by device kind (n/a elsewhere, e.g. on CPU,
-unless --peak-tflops is given). Prints a table; --json writes the records.
+unless --peak-tflops is given). Prints each record as it is measured, then a
+table; --json writes the records (after each one, so a cut-short run keeps
+what it measured). ``--set model.scan=none|blocks|modules|all`` chooses how
+the repeated parts of the network are compiled; ``--compilation-cache DIR``
+turns JAX's persistent compilation cache on (a second run then shows the
+cache-warm compile times).
 """
 
 from __future__ import annotations
@@ -39,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE",
                         help="override a config field in every config (repeatable)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the records here")
+    parser.add_argument("--compilation-cache", default="none", metavar="DIR",
+                        help="JAX's persistent compilation cache directory ('none': off, the "
+                             "default, so compile times are cold)")
     args = parser.parse_args(argv)
 
-    from hrnet_jax.train import benchmark
+    from hrnet_jax.train import benchmark, cli
+
+    cli.enable_compilation_cache(args.compilation_cache)
 
     options = dict(batch_size=args.batch_size, dtypes=args.dtypes, steps=args.steps,
                    warmup=args.warmup, image_size=args.image_size, peak_tflops=args.peak_tflops,
@@ -50,13 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         benchmark.plan_benchmark(args.configs, **options)
     except ValueError as e:
         parser.error(str(e))
+    done: list = []
+
+    def on_record(record) -> None:
+        done.append(record)
+        print(benchmark.format_record(record), flush=True)
+        if args.json:  # rewritten after every record: a cut-short run keeps what it measured
+            benchmark.write_json(args.json, done)
+
     records = benchmark.run_benchmark(
         args.configs, eval_flip=args.eval_flip, train=args.only != "eval",
         evaluate=args.only != "train", log=lambda line: print(line, file=sys.stderr, flush=True),
-        **options)
+        on_record=on_record, **options)
     print(benchmark.format_table(records))
     if args.json:
-        benchmark.write_json(args.json, records)
         print(f"=> wrote {args.json}")
     return 0
 

@@ -9,21 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from hrnet_jax.config import parse_image_size
 from hrnet_jax.data.synthetic import ensure_synthetic_mpii, write_synthetic_mpii
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256' -> (256, 256); '1280x720' -> (1280, 720) as (width, height)."""
-    parts = text.lower().split("x")
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--image-size {text!r}: expected N or WxH") from None
-    if len(sizes) == 1:
-        return sizes[0], sizes[0]
-    if len(sizes) == 2:
-        return sizes[0], sizes[1]
-    raise argparse.ArgumentTypeError(f"--image-size {text!r}: expected N or WxH")
 
 
 def main() -> None:
@@ -32,7 +19,7 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-valid", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=parse_size, default=(256, 256), help="N or WxH pixels")
+    parser.add_argument("--image-size", type=parse_image_size, default=(256, 256), help="N or WxH pixels")
     parser.add_argument("--force", action="store_true",
                         help="write even if the directory holds another dataset (no completion marker)")
     args = parser.parse_args()

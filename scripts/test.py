@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cli.enable_compilation_cache(args.compilation_cache)
+    from hrnet_jax.data.workers import WorkerError
     from hrnet_jax.metrics import format_pckh_table
     from hrnet_jax.train.checkpoint import load_for_evaluation
     from hrnet_jax.train.evaluate import validate, write_results
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     print(f"Test: Loss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
     print(format_pckh_table(result.table, cfg.model.name))
     out = args.out or os.path.join(args.checkpoint, "test")

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.multihost:
         jax.distributed.initialize()
     from hrnet_jax.config import override
+    from hrnet_jax.data.workers import WorkerError
     from hrnet_jax.train.loop import TrainingDiverged, train
 
     try:
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except WorkerError as e:
+        print(f"error: {e}\nRerun the same command to resume from the newest checkpoint.",
+              file=sys.stderr)
+        return 4
     best = "n/a" if result.best_perf is None else f"{result.best_perf:.3f}"
     where = os.path.relpath(result.workdir)
     print(f"done: step {result.step}, best Mean PCKh {best}, models in "

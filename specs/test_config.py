@@ -5,10 +5,9 @@ import pathlib
 import textwrap
 
 import pytest
+import yaml
 
 from hrnet_jax import config
-
-REFERENCE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 def test_hrnet_w32_is_mpii_16_joints_256x256_input_64x64_heatmaps_sigma_2():
@@ -141,17 +140,96 @@ def test_missing_yaml_file_is_named(tmp_path):
         config.get_config(str(tmp_path / "nope.yaml"))
 
 
-@pytest.mark.parametrize("name,width", [("mpii_w32_256x256_adam_lr1e-3.yaml", 32),
-                                        ("mpii_w48_256x256_adam_lr1e-3.yaml", 48)])
-def test_reference_mpii_experiment_files_equal_the_presets_but_for_paths_and_workers(name, width):
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"reference experiment files are not beside the repository ({path})")
-    cfg = config.get_config(str(path))
-    preset = config.get_config(f"hrnet_w{width}")
-    assert cfg.model.stage2 == preset.model.stage2
-    assert cfg.model.stage3 == preset.model.stage3
-    assert cfg.model.stage4 == preset.model.stage4
-    assert cfg.train == dataclasses.replace(preset.train)
-    assert cfg.test == preset.test
-    assert cfg.loss == preset.loss
+# The reference's experiments (its experiments/{mpii,coco}/hrnet/*_adam_lr1e-3.yaml) as plain
+# data in its section/key layout: every key that load_yaml reads; the keys it ignores (CUDNN,
+# GPUS, OUTPUT_DIR, the COCO detection settings, ...) are left out. All three share the recipe.
+_REFERENCE_RECIPE = {
+    "LOSS": {"USE_TARGET_WEIGHT": True},
+    "TRAIN": {"BATCH_SIZE_PER_GPU": 32, "SHUFFLE": True, "BEGIN_EPOCH": 0, "END_EPOCH": 210,
+              "OPTIMIZER": "adam", "LR": 0.001, "LR_FACTOR": 0.1, "LR_STEP": [170, 200],
+              "WD": 0.0001, "GAMMA1": 0.99, "GAMMA2": 0.0, "MOMENTUM": 0.9, "NESTEROV": False},
+    "TEST": {"BATCH_SIZE_PER_GPU": 32, "MODEL_FILE": "", "FLIP_TEST": True, "POST_PROCESS": True,
+             "SHIFT_HEATMAP": True},
+    "WORKERS": 24,
+    "PRINT_FREQ": 100,
+    "DEBUG": {"DEBUG": True},
+}
+_REFERENCE_PRETRAINED_LAYERS = ["conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "stage2",
+                                "transition2", "stage3", "transition3", "stage4"]
+
+
+def _reference_stages(width: int) -> dict:
+    """MODEL.EXTRA.STAGE2..4 of the reference's HRNet-W{width}: 1, 4, 3 modules, 4 blocks a branch."""
+    def stage(num_modules, branches):
+        return {"NUM_MODULES": num_modules, "NUM_BRANCHES": branches, "BLOCK": "BASIC",
+                "NUM_BLOCKS": [4] * branches,
+                "NUM_CHANNELS": [width * 2**i for i in range(branches)], "FUSE_METHOD": "SUM"}
+    return {"STAGE2": stage(1, 2), "STAGE3": stage(4, 3), "STAGE4": stage(3, 4)}
+
+
+_MPII_DATASET = {"COLOR_RGB": True, "DATASET": "mpii", "DATA_FORMAT": "jpg", "FLIP": True,
+                 "NUM_JOINTS_HALF_BODY": 8, "PROB_HALF_BODY": -1.0, "ROOT": "data/mpii/",
+                 "ROT_FACTOR": 30, "SCALE_FACTOR": 0.25, "TEST_SET": "valid", "TRAIN_SET": "train"}
+
+REFERENCE_EXPERIMENTS = {
+    "mpii_w32_256x256_adam_lr1e-3": {
+        "DATASET": _MPII_DATASET,
+        "MODEL": {"NAME": "pose_hrnet", "NUM_JOINTS": 16, "TARGET_TYPE": "gaussian",
+                  "PRETRAINED": "models/pytorch/imagenet/hrnet_w32-36af842e.pth",
+                  "IMAGE_SIZE": [256, 256], "HEATMAP_SIZE": [64, 64], "SIGMA": 2,
+                  "EXTRA": {"PRETRAINED_LAYERS": _REFERENCE_PRETRAINED_LAYERS,
+                            "FINAL_CONV_KERNEL": 1, **_reference_stages(32)}},
+        **_REFERENCE_RECIPE,
+    },
+    "mpii_w48_256x256_adam_lr1e-3": {
+        "DATASET": _MPII_DATASET,
+        "MODEL": {"NAME": "pose_hrnet", "NUM_JOINTS": 16, "TARGET_TYPE": "gaussian",
+                  "PRETRAINED": "models/pytorch/imagenet/hrnet_w48-8ef0771d.pth",
+                  "IMAGE_SIZE": [256, 256], "HEATMAP_SIZE": [64, 64], "SIGMA": 2,
+                  "EXTRA": {"PRETRAINED_LAYERS": _REFERENCE_PRETRAINED_LAYERS,
+                            "FINAL_CONV_KERNEL": 1, **_reference_stages(48)}},
+        **_REFERENCE_RECIPE,
+    },
+    "coco_w32_256x192_adam_lr1e-3": {
+        "DATASET": {"COLOR_RGB": True, "DATASET": "coco", "DATA_FORMAT": "jpg", "FLIP": True,
+                    "NUM_JOINTS_HALF_BODY": 8, "PROB_HALF_BODY": 0.3, "ROOT": "data/coco/",
+                    "ROT_FACTOR": 45, "SCALE_FACTOR": 0.35, "TEST_SET": "val2017",
+                    "TRAIN_SET": "train2017"},
+        "MODEL": {"NAME": "pose_hrnet", "NUM_JOINTS": 17, "TARGET_TYPE": "gaussian",
+                  "PRETRAINED": "models/pytorch/imagenet/hrnet_w32-36af842e.pth",
+                  "IMAGE_SIZE": [192, 256], "HEATMAP_SIZE": [48, 64], "SIGMA": 2,
+                  "EXTRA": {"PRETRAINED_LAYERS": _REFERENCE_PRETRAINED_LAYERS,
+                            "FINAL_CONV_KERNEL": 1, **_reference_stages(32)}},
+        **_REFERENCE_RECIPE,
+    },
+}
+
+
+def _load_reference_experiment(name: str, tmp_path: pathlib.Path) -> config.Config:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(REFERENCE_EXPERIMENTS[name], sort_keys=False))
+    return config.load_yaml(str(path))
+
+
+@pytest.mark.parametrize("name,preset", [("mpii_w32_256x256_adam_lr1e-3", "hrnet_w32"),
+                                         ("mpii_w48_256x256_adam_lr1e-3", "hrnet_w48"),
+                                         ("coco_w32_256x192_adam_lr1e-3", "hrnet_w32_coco")])
+def test_reference_experiment_files_equal_the_presets_but_for_paths_workers_and_debug(
+        name, preset, tmp_path):
+    cfg = _load_reference_experiment(name, tmp_path)
+    preset = config.get_config(preset)
+    assert cfg.model == dataclasses.replace(preset.model, pretrained=cfg.model.pretrained)
+    assert cfg.dataset == dataclasses.replace(preset.dataset, root=cfg.dataset.root)
+    assert (cfg.train, cfg.test, cfg.loss) == (preset.train, preset.test, preset.loss)
+    assert cfg.print_freq == preset.print_freq
+
+
+def test_reference_experiment_files_are_read_with_their_own_paths_workers_and_widths(tmp_path):
+    w48 = _load_reference_experiment("mpii_w48_256x256_adam_lr1e-3", tmp_path)
+    assert w48.model.pretrained == "models/pytorch/imagenet/hrnet_w48-8ef0771d.pth"
+    assert w48.model.stage4.num_channels == (48, 96, 192, 384)
+    assert w48.dataset.root == "data/mpii/"
+    assert (w48.workers, w48.debug) == (24, True)
+    coco = _load_reference_experiment("coco_w32_256x192_adam_lr1e-3", tmp_path)
+    assert coco.model.image_size == (192, 256) and coco.model.num_joints == 17
+    assert coco.dataset.root == "data/coco/"

@@ -1,8 +1,8 @@
 """Reference PyTorch state_dict <-> Flax variables."""
 
-import ast
 import dataclasses
 import functools
+import json
 import pathlib
 import sys
 
@@ -16,26 +16,25 @@ from hrnet_jax.config import StageConfig, get_config
 from hrnet_jax.models import build_model
 from hrnet_jax.models.hrnet import conv2d
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+# The reference's own state_dict names and shapes, in order, recorded by
+# golden/make_golden.py from its PoseHighResolutionNet (see golden/README.md).
+REFERENCE_STATE_DICTS = pathlib.Path(__file__).resolve().parent / "golden" / "reference_state_dicts.json"
 
-REFERENCE_FILES = [
-    ("hrnet_w32", "hrnet_w32_256x256_mpii.state_dict.txt", (256, 256)),
-    ("hrnet_w48", "hrnet_w48_256x256_mpii.state_dict.txt", (256, 256)),
-    ("hrnet_w32_coco", "hrnet_w32_256x192_coco.state_dict.txt", (256, 192)),
+# (preset, network in REFERENCE_STATE_DICTS, input (height, width))
+REFERENCE_NETWORKS = [
+    ("hrnet_w32", "hrnet_w32_256x256_mpii", (256, 256)),
+    ("hrnet_w48", "hrnet_w48_256x256_mpii", (256, 256)),
+    ("hrnet_w32_coco", "hrnet_w32_256x192_coco", (256, 192)),
 ]
 
 
-def _read_reference(filename: str) -> list[tuple[str, tuple[int, ...]]]:
-    path = REFERENCE / filename
-    if not path.is_file():
-        pytest.skip(f"reference state_dict listing {filename} not found in ../shared/reference/")
-    entries = []
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, shape = line.split(":", 1)
-        entries.append((name, tuple(ast.literal_eval(shape))))
-    return entries
+@functools.cache
+def _reference_networks() -> dict:
+    return json.loads(REFERENCE_STATE_DICTS.read_text())["networks"]
+
+
+def _read_reference(network: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(shape)) for name, shape in _reference_networks()[network]["state_dict"]]
 
 
 @functools.cache
@@ -68,17 +67,17 @@ def _random_variables(cfg, seed=0):
     return jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(np.float32), abstract)
 
 
-@pytest.mark.parametrize(("name", "filename", "size"), REFERENCE_FILES)
-def test_reference_layout_lists_every_reference_key_in_reference_order(name, filename, size):
-    reference = _read_reference(filename)
+@pytest.mark.parametrize(("name", "network", "size"), REFERENCE_NETWORKS)
+def test_reference_layout_lists_every_reference_key_in_reference_order(name, network, size):
+    reference = _read_reference(network)
     layout = [(e.name, e.shape) for e in convert.reference_layout(get_config(name))]
     assert layout == reference
 
 
-@pytest.mark.parametrize(("name", "filename", "size"), REFERENCE_FILES)
+@pytest.mark.parametrize(("name", "network", "size"), REFERENCE_NETWORKS)
 def test_every_reference_key_maps_to_exactly_one_flax_leaf_of_the_right_shape(
-        name, filename, size):
-    reference = _read_reference(filename)
+        name, network, size):
+    reference = _read_reference(network)
     cfg = get_config(name)
     state_dict = {k: np.zeros(shape, np.float32) for k, shape in reference}
     variables = convert.torch_state_dict_to_variables(state_dict, cfg)
@@ -90,6 +89,13 @@ def test_every_reference_key_maps_to_exactly_one_flax_leaf_of_the_right_shape(
     # And back: the reverse direction names every reference key, num_batches_tracked included.
     back = convert.variables_to_torch_state_dict(variables, cfg)
     assert [(k, v.shape) for k, v in back.items()] == reference
+
+
+@pytest.mark.parametrize(("name", "network", "size"), REFERENCE_NETWORKS)
+def test_flax_parameters_number_as_many_as_the_reference_parameters(name, network, size):
+    params = _abstract_variables(name, *size)["params"]
+    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+    assert count == _reference_networks()[network]["parameters"]
 
 
 def test_round_trip_flax_to_reference_names_and_back_is_exact():

@@ -59,6 +59,48 @@ def test_refinement_needs_1_lt_px_lt_w_minus_1_and_1_lt_py_lt_h_minus_1():
     np.testing.assert_allclose(np.asarray(preds), [[[100 - 12.0, 60 - 12.0]]], atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("peak", "neighbours", "expected"),
+    [
+        # Column 0 and column 7 = W - 1: neither x nor y moves, though the
+        # neighbours to the right/left and below differ. (x, y) -> 100 + 4 (x - 4), 60 + 4 (y - 4).
+        ((0, 4), {(1, 4): 0.5, (0, 5): 0.5}, (84.0, 60.0)),
+        ((7, 4), {(6, 4): 0.5, (7, 5): 0.5}, (112.0, 60.0)),
+        # Row 0 and row 7 = H - 1: likewise, with differing right and lower/upper neighbours.
+        ((4, 0), {(5, 0): 0.5, (4, 1): 0.5}, (100.0, 44.0)),
+        ((4, 7), {(5, 7): 0.5, (4, 6): 0.5}, (100.0, 72.0)),
+    ],
+)
+def test_peaks_in_the_first_or_last_row_or_column_are_not_refined(peak, neighbours, expected):
+    preds, _ = get_final_preds(one_map(peak, neighbours), CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[expected]], atol=1e-4)
+
+
+def test_refinement_bounds_use_the_width_for_x_and_the_height_for_y():
+    # 8 wide, 6 high: (x, y) -> (100, 60) + 4 ((x, y) - (4, 3)).
+    # Row 5 = H - 1 is left alone; row 4 = H - 2 and column 6 = W - 2 (> H - 1) are refined.
+    hm = np.zeros((1, 3, 6, 8), np.float32)
+    hm[0, 0, 5, 3] = 1.0
+    hm[0, 0, 5, 4] = hm[0, 0, 4, 3] = 0.5  # right and above higher
+    hm[0, 1, 4, 3] = 1.0
+    hm[0, 1, 4, 4] = hm[0, 1, 5, 3] = 0.5  # right and below higher: (3.25, 4.25)
+    hm[0, 2, 2, 6] = 1.0
+    hm[0, 2, 2, 7] = 0.5  # right higher: (6.25, 2)
+    preds, _ = get_final_preds(hm, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[96.0, 68.0], [97.0, 65.0], [109.0, 56.0]]],
+                               atol=1e-4)
+
+
+def test_a_zero_maximum_away_from_the_corner_decodes_to_the_box_corner():
+    # get_max_preds drops a maximum that is not > 0 to (0, 0), which is not refined.
+    hm = np.full((1, 1, 8, 8), -1.0, np.float32)
+    hm[0, 0, 3, 5] = 0.0
+    hm[0, 0, 3, 6] = -0.5
+    preds, maxvals = get_final_preds(hm, CENTER, SCALE)
+    np.testing.assert_allclose(np.asarray(preds), [[[84.0, 44.0]]], atol=1e-4)
+    assert float(maxvals[0, 0, 0]) == 0.0
+
+
 def test_nonpositive_heatmap_decodes_to_the_box_corner():
     # get_max_preds gives (0, 0): the top-left of the box, (100 - 16, 60 - 16).
     hm = -np.ones((1, 1, 8, 8), np.float32)

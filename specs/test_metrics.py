@@ -44,6 +44,18 @@ def test_nonpositive_maximum_gives_zero_coordinates_but_keeps_the_value():
     np.testing.assert_array_equal(np.asarray(maxvals), [[[-0.25], [0.0]]])
 
 
+def test_a_maximum_of_exactly_zero_away_from_index_0_gives_zero_coordinates():
+    # The reference keeps coordinates where the maximum is > 0: a 0 at (x, y) =
+    # (2, 1) among -1s is dropped to (0, 0); the smallest normal positive
+    # float32 there is kept.
+    hm = np.full((1, 2, 3, 4), -1.0, np.float32)
+    hm[0, 0, 1, 2] = 0.0
+    hm[0, 1, 1, 2] = np.finfo(np.float32).tiny
+    preds, maxvals = get_max_preds(hm)
+    np.testing.assert_array_equal(np.asarray(preds), [[[0.0, 0.0], [2.0, 1.0]]])
+    np.testing.assert_array_equal(np.asarray(maxvals)[0, 0], [0.0])
+
+
 def test_get_max_preds_of_48x16x64x64_is_48x16x2_float32_and_48x16x1():
     preds, maxvals = jax.eval_shape(get_max_preds,
                                     jax.ShapeDtypeStruct((48, 16, 64, 64), np.float32))

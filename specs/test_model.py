@@ -321,3 +321,109 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_initialised):
     assert out16.dtype == jnp.float32
     scale = float(np.abs(out32).max())
     assert float(np.abs(out16 - out32).max()) < 0.05 * scale
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _repeating_config(scan: str, dtype: str = "float32"):
+    """hrnet_w8 at 32x32 with repeats to scan: 2 blocks per branch, stage 3 of 2 modules."""
+    cfg = get_config("hrnet_w8")
+    model = dataclasses.replace(
+        cfg.model, image_size=(32, 32), heatmap_size=(8, 8), dtype=dtype, scan=scan,
+        stage2=StageConfig(1, 2, (2, 2), (8, 16)),
+        stage3=StageConfig(2, 3, (2, 2, 2), (8, 16, 32)),
+        stage4=StageConfig(1, 4, (1, 1, 1, 1), (8, 16, 32, 64)),
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+@functools.cache
+def _forward(scan: str, dtype: str = "float32", gradients: bool = False):
+    """Eval heatmaps, train heatmaps, updated statistics (and gradients) of one random network."""
+    model = build_model(_repeating_config(scan, dtype))
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)), train=False))
+    variables = _random_variables(abstract, seed=6)
+    x = np.random.default_rng(7).normal(size=(2, 3, 32, 32)).astype(np.float32)
+
+    def loss(params):
+        out, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                   x, train=True, mutable=["batch_stats"])
+        return jnp.mean(jnp.square(out)), (out, updates["batch_stats"])
+
+    eval_out = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
+    if gradients:
+        (_, (train_out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+            variables["params"])
+    else:
+        (_, (train_out, stats)), grads = jax.jit(loss)(variables["params"]), None
+    return jax.device_get((eval_out, train_out, stats, grads))
+
+
+@pytest.mark.parametrize(("scan", "dtype"), [("blocks", "float32"), ("modules", "float32"),
+                                             ("all", "bfloat16")])
+def test_scanning_repeated_blocks_and_modules_computes_what_the_unrolled_network_does(
+        scan, dtype):
+    # The same operations in the same order: the results are identical.
+    eval_u, train_u, stats_u, _ = _forward("none", dtype)
+    eval_s, train_s, stats_s, _ = _forward(scan, dtype)
+    np.testing.assert_array_equal(eval_s, eval_u)
+    np.testing.assert_array_equal(train_s, train_u)
+    chex.assert_trees_all_equal(stats_s, stats_u)
+
+
+def test_gradients_through_the_scanned_network_equal_the_unrolled_ones():
+    eval_u, train_u, stats_u, grads_u = _forward("none", gradients=True)
+    eval_s, train_s, stats_s, grads_s = _forward("all", gradients=True)
+    np.testing.assert_array_equal(train_s, train_u)
+    chex.assert_trees_all_equal(stats_s, stats_u)
+    # Another program sums in another float32 order; the 1x1 lowest branch, normalised
+    # over two values, magnifies that to ~2e-4 of some leaves' largest gradient.
+    chex.assert_trees_all_equal_structs(grads_s, grads_u)
+    for a, b in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads_u), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * float(np.abs(b).max()))
+    assert float(np.abs(grads_u["stage3_1"]["branches_2_1"]["conv2"]["kernel"]).max()) > 0
+
+
+def test_scanning_keeps_every_variable_name_and_shape():
+    shapes = {}
+    for scan in ("none", "all"):
+        model = build_model(_repeating_config(scan))
+        shapes[scan] = jax.eval_shape(
+            lambda model=model: model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)),
+                                           train=False))
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes["all"], shapes["none"])
+    assert "branches_0_1" in shapes["all"]["params"]["stage3_1"]
+
+
+def test_the_scanned_w32_train_program_holds_under_a_quarter_of_the_convolutions():
+    # XLA's compile time grows with the program: count the convolutions JAX
+    # lowers for HRNet-W32 (lowering only, nothing is compiled).
+    counts = {}
+    variables = _abstract_variables("hrnet_w32", 256, 256)
+    x = jax.ShapeDtypeStruct((1, 3, 64, 64), jnp.float32)
+    for scan in ("none", "all"):
+        model = HRNet(dataclasses.replace(get_config("hrnet_w32").model, scan=scan))
+
+        def loss(params, batch_stats, x, model=model):
+            out, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                 mutable=["batch_stats"])
+            return jnp.mean(out)
+
+        lowered = jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"], x)
+        counts[scan] = lowered.as_text().count("stablehlo.convolution")
+    # 293 convolutions forward (the reference's 293 conv weights), and up to two
+    # per convolution backward (none for the input's gradient).
+    assert 2 * 293 < counts["none"] < 3 * 293
+    assert counts["all"] < counts["none"] / 4
+
+
+def test_scan_auto_leaves_the_network_unrolled_on_the_cpu_and_unknown_modes_are_named():
+    from hrnet_jax.models.hrnet import scan_mode
+
+    assert jax.default_backend() == "cpu"
+    assert scan_mode("auto") == (False, False)
+    assert scan_mode("all") == (True, True)
+    with pytest.raises(ValueError, match=r"model\.scan: expected 'auto' or one of .*'blocks'"):
+        build_model(_repeating_config("sometimes"))

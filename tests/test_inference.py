@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from hrnet_jax import model_file
-from hrnet_jax.config import StageConfig, get_config
-from hrnet_jax.convert import variables_to_torch_state_dict
+from hrnet_jax.config import StageConfig, get_config, override
+from hrnet_jax.convert import torch_state_dict_to_variables, variables_to_torch_state_dict
 from hrnet_jax.inference import (
     PoseEstimator,
     box_to_center_scale,
     check_boxes,
+    crop_inputs,
     draw_keypoints,
     read_image,
 )
@@ -130,14 +131,6 @@ def test_without_a_box_the_crop_is_the_whole_image_fitted_to_the_aspect_ratio(es
     np.testing.assert_allclose(keypoints[0, :, :2], np.tile([[-15, 0]], (16, 1)), atol=1e-3)
 
 
-def test_a_single_box_may_be_given_flat_and_results_do_not_depend_on_batch_padding(estimator):
-    image = _image()
-    alone = estimator(image, [5, 5, 60, 60])
-    together = estimator(image, [[5, 5, 60, 60], [1, 2, 3, 4], [7, 7, 20, 30]])
-    chex.assert_shape(alone, (1, 16, 3))
-    np.testing.assert_allclose(together[:1], alone, rtol=1e-6)
-
-
 def test_image_is_read_from_a_path_as_rgb(tmp_path, estimator):
     image = _image()
     path = tmp_path / "person.png"
@@ -157,6 +150,304 @@ def test_real_network_outputs_keep_keypoints_inside_the_padded_box():
     # The crop spans x in [-20, 80), y in [10, 110): heatmap pixels map inside it.
     assert np.all((keypoints[0, :, 0] >= -20) & (keypoints[0, :, 0] <= 80))
     assert np.all((keypoints[0, :, 1] >= 10) & (keypoints[0, :, 1] <= 110))
+
+
+# --------------------------------------------------------------------------- image-dependent heatmaps
+
+# A hand-set network whose heatmaps are colour channels of the crop: right joints
+# read red, left joints green, the midline blue, so that where a colour lies in
+# the image decides where each joint lands, and the flip test's mirroring, pair
+# swapping and column shift each move a joint.
+RED, GREEN, BLUE = 0, 1, 2
+RIGHT_JOINTS = (0, 1, 2, 10, 11, 12)
+LEFT_JOINTS = (3, 4, 5, 13, 14, 15)
+MIDLINE_JOINTS = (6, 7, 8, 9)
+CHANNEL_OF_JOINT = tuple(RED if j in RIGHT_JOINTS else GREEN if j in LEFT_JOINTS else BLUE
+                         for j in range(16))
+# Added to the normalised colours so that no ReLU clips them (they are > -2.2).
+OFFSET = 3.0
+
+
+def _heat(value, channel):
+    """Heatmap value of a pixel whose ``channel`` is ``value`` (0..255): ImageNet-normalised + OFFSET."""
+    mean = (0.485, 0.456, 0.406)[channel]
+    std = (0.229, 0.224, 0.225)[channel]
+    return (value / 255 - mean) / std + OFFSET
+
+
+def _colour_reading_variables(cfg):
+    """Variables for which heatmap j at (v, u) is crop pixel (4v, 4u), channel CHANNEL_OF_JOINT[j], + OFFSET.
+
+    conv1 and conv2 (3x3, stride 2) copy the colour channels with their centre
+    tap, so heatmap pixel (v, u) reads crop pixel (4v, 4u); bn1 adds OFFSET;
+    every other BatchNorm is the identity (scale 1, bias 0, mean 0, variance
+    1 - 1e-5, which epsilon 1e-5 makes 1); residual branches and the fuse terms
+    from other branches have zero kernels, so every block and module passes
+    branch 0 through; layer1's first shortcut and transition1 copy the colour
+    channels; the final layer picks one channel per joint.
+    """
+    model = build_model(cfg)
+    w, h = cfg.model.image_size
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, h, w)), train=False))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "scale":
+            return np.ones(leaf.shape, np.float32)
+        if name == "var":
+            return np.full(leaf.shape, 1 - 1e-5, np.float32)
+        return np.zeros(leaf.shape, np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(fill, abstract)
+    params = variables["params"]
+    for copier in (params["conv1"], params["conv2"], params["layer1_0"]["downsample_0"],
+                   params["transition1_0_0"]):
+        kernel = copier["kernel"]  # (kH, kW, in, out)
+        centre = kernel.shape[0] // 2
+        for c in (RED, GREEN, BLUE):
+            kernel[centre, centre, c, c] = 1.0
+    params["bn1"]["bias"][:3] = OFFSET
+    for joint, channel in enumerate(CHANNEL_OF_JOINT):
+        params["final_layer"]["kernel"][0, 0, channel, joint] = 1.0
+    return variables
+
+
+@pytest.fixture(scope="module")
+def colour_net():
+    cfg = _tiny_config()
+    return cfg, _colour_reading_variables(cfg)
+
+
+@pytest.fixture(scope="module")
+def colour_estimator_no_flip(colour_net):
+    cfg, variables = colour_net
+    return PoseEstimator(variables, cfg, flip_test=False)
+
+
+def test_the_hand_set_network_reads_one_colour_channel_per_joint_at_a_quarter_of_the_resolution(
+        colour_net):
+    cfg, variables = colour_net
+    # Normalised colours lie in [-2.12, 2.64].
+    x = np.random.default_rng(0).uniform(-2.2, 2.7, size=(2, 3, 64, 64)).astype(np.float32)
+    heatmaps = np.asarray(jax.jit(build_model(cfg).apply)(variables, x))
+    expected = x[:, list(CHANNEL_OF_JOINT), ::4, ::4] + OFFSET
+    np.testing.assert_allclose(heatmaps, expected, rtol=1e-6, atol=1e-6)
+
+
+def _expected(right, left, midline):
+    """(16, 3) keypoints from (x, y, score) of the right, left and midline joints."""
+    out = np.zeros((16, 3))
+    for joints, value in ((RIGHT_JOINTS, right), (LEFT_JOINTS, left), (MIDLINE_JOINTS, midline)):
+        out[list(joints)] = value
+    return out
+
+
+def _assert_keypoints(keypoints, expected):
+    np.testing.assert_allclose(keypoints[..., :2], expected[..., :2], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(keypoints[..., 2], expected[..., 2], rtol=0, atol=1e-4)
+
+
+def _boxed_blocks_image():
+    """A black 200x160 image with 7x7 red, green and blue blocks.
+
+    With the box (40, 8.8, 80, 102.4), fitted to a square of side 102.4 and
+    padded to 128 px around (80, 60), crop pixel (x, y) is image pixel
+    (16 + 2x, -4 + 2y), and heatmap pixel (u, v) reads image pixel
+    (16 + 8u, -4 + 8v). Each block holds exactly one such pixel, 3 px from its
+    edges: red (88, 52) = heatmap (9, 7), green (48, 84) = (4, 11), blue
+    (112, 12) = (12, 2).
+    """
+    image = np.zeros((160, 200, 3), np.uint8)
+    image[49:56, 85:92, RED] = 255
+    image[81:88, 45:52, GREEN] = 255
+    image[9:16, 109:116, BLUE] = 255
+    return image
+
+
+BLOCKS_BOX = [40, 8.8, 80, 102.4]
+BLOCKS_KEYPOINTS = _expected((88, 52, _heat(255, RED)), (48, 84, _heat(255, GREEN)),
+                             (112, 12, _heat(255, BLUE)))
+
+
+def test_keypoints_land_on_the_image_pixels_the_crop_warp_puts_under_heatmap_pixels(
+        colour_estimator_no_flip):
+    # Heatmap neighbours of each peak are equal (background), so there is no quarter-pixel move.
+    keypoints = colour_estimator_no_flip(_boxed_blocks_image(), [BLOCKS_BOX])
+    _assert_keypoints(keypoints[0], BLOCKS_KEYPOINTS)
+
+
+def test_crops_are_interpolated_bilinearly_between_image_pixels(colour_estimator_no_flip):
+    # The same box half a pixel to the right: heatmap pixel (u, v) reads image
+    # point (16.5 + 8u, -4 + 8v), halfway between two columns. Red 200 in column
+    # 88 and 100 in column 89 are seen at u = 9 as their mean, 150, at x = 88.5.
+    image = np.zeros((160, 200, 3), np.uint8)
+    image[49:56, 88, RED] = 200
+    image[49:56, 89, RED] = 100
+    keypoints = colour_estimator_no_flip(image, [BLOCKS_BOX[0] + 0.5, *BLOCKS_BOX[1:]])
+    np.testing.assert_allclose(keypoints[0, list(RIGHT_JOINTS)],
+                               np.tile([88.5, 52, _heat(150, RED)], (6, 1)), rtol=0, atol=1e-3)
+
+
+def test_crops_are_normalised_with_the_imagenet_mean_and_std_per_channel(colour_estimator_no_flip):
+    # The scores above, (255 / 255 - mean) / std + OFFSET per colour, show the
+    # normalisation; the same crops given in [0, 1] instead score 1 + OFFSET.
+    image = _boxed_blocks_image()
+    center, scale = box_to_center_scale([BLOCKS_BOX], (64, 64))
+    crops = crop_inputs(image, center, scale, (64, 64))
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+    normalised = colour_estimator_no_flip.predict_crops(crops, center, scale)
+    plain = colour_estimator_no_flip.predict_crops(crops * std + mean, center, scale)
+    _assert_keypoints(normalised[0], BLOCKS_KEYPOINTS)
+    np.testing.assert_allclose(plain[0, :, 2], 1 + OFFSET, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(plain[0, :, :2], BLOCKS_KEYPOINTS[:, :2], rtol=0, atol=1e-3)
+
+
+def test_one_persons_keypoints_do_not_depend_on_who_else_is_in_the_batch(colour_estimator_no_flip):
+    image = _boxed_blocks_image()
+    # Batches of 1, 3 and 5 people are padded to 1, 4 and 8 crops.
+    others = [[100, 0, 60, 60], [0, 100, 50, 50], [120, 80, 70, 70], [10, 10, 40, 120]]
+    alone = colour_estimator_no_flip(image, BLOCKS_BOX)  # a single box may be given flat
+    chex.assert_shape(alone, (1, 16, 3))
+    _assert_keypoints(alone[0], BLOCKS_KEYPOINTS)
+    each = [colour_estimator_no_flip(image, box)[0] for box in others]
+    for n in (3, 5):
+        keypoints = colour_estimator_no_flip(image, [BLOCKS_BOX, *others[:n - 1]])
+        chex.assert_shape(keypoints, (n, 16, 3))
+        np.testing.assert_array_equal(keypoints[0], alone[0])
+        for k in range(1, n):
+            np.testing.assert_array_equal(keypoints[k], each[k - 1])
+
+
+def _flip_image():
+    """A black 64x64 image, cropped whole and unscaled: heatmap pixel (u, v) is image pixel (4u, 4v).
+
+    Rows 40-43: red (200) in column 36, green (255) in column 35 (a right side).
+    Rows 24-27: green (255) in column 20, red (200) in column 19 (a left side).
+    Rows 12-15: blue (255) in columns 27 and 28 (the midline).
+    """
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[40:44, 36, RED] = 200
+    image[40:44, 35, GREEN] = 255
+    image[24:28, 20, GREEN] = 255
+    image[24:28, 19, RED] = 200
+    image[12:16, 27:29, BLUE] = 255
+    return image
+
+
+def test_flip_test_mirrors_the_crop_swaps_left_and_right_and_shifts_one_column(colour_net):
+    cfg, variables = colour_net
+    keypoints = PoseEstimator(variables, cfg)(_flip_image())
+    # Joint j's fused map at (v, u) averages its own map, which reads pixel
+    # (4u, 4v), and its flip partner's map of the mirrored crop, mirrored back:
+    # that reads pixel (63 - 4(15 - u), 4v) = (4u + 3, 4v), and shifted one
+    # column right, (4u - 1, 4v). Right joints (partner left: green) peak where
+    # red is at 4u and green at 4u - 1: (9, 10); left joints (partner red) at
+    # (5, 6); the midline joints (their own partners) at (7, 3). Neighbours
+    # are equal: no quarter-pixel move.
+    expected = _expected((36, 40, (_heat(200, RED) + _heat(255, GREEN)) / 2),
+                         (20, 24, (_heat(255, GREEN) + _heat(200, RED)) / 2),
+                         (28, 12, _heat(255, BLUE)))
+    _assert_keypoints(keypoints[0], expected)
+
+
+def test_flip_test_without_the_heatmap_shift_reads_the_partner_three_columns_right(colour_net):
+    cfg, variables = colour_net
+    cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, shift_heatmap=False))
+    keypoints = PoseEstimator(variables, cfg)(_flip_image())
+    # Unshifted, the partner term reads pixel (4u + 3, 4v). Right joints: red at
+    # u = 9 gives (heat(red 200) + heat(green 0)) / 2, green (column 35) at
+    # u = 8 gives (heat(red 0) + heat(green 255)) / 2, larger (1 / 0.224 >
+    # (200 / 255) / 0.229); its right neighbour u = 9 is higher than its left:
+    # x = 4 * 8.25. Left joints: green at u = 5 beats red (column 19) at
+    # u = 4, the higher neighbour: x = 4 * 4.75. Midline: blue columns 28 (at
+    # u = 7) and 27 (at u = 6) tie; the first, u = 6, is taken, and moves a
+    # quarter towards u = 7: x = 4 * 6.25.
+    expected = _expected((33, 40, (_heat(0, RED) + _heat(255, GREEN)) / 2),
+                         (19, 24, (_heat(255, GREEN) + _heat(0, RED)) / 2),
+                         (25, 12, (_heat(255, BLUE) + _heat(0, BLUE)) / 2))
+    _assert_keypoints(keypoints[0], expected)
+
+
+# --------------------------------------------------------------------------- a reference network
+
+GOLDEN = ROOT / "specs" / "golden"
+
+
+def _golden_w8_mpii():
+    """Config, variables, input and eval-mode heatmaps of the reference network in specs/golden."""
+    with np.load(GOLDEN / "w8_mpii.npz") as data:
+        layout = json.loads(str(data["state_dict_layout"]))
+        values = data["state_dict_values"].astype(np.float32)
+        x = data["input"].astype(np.float32)
+        heatmaps = data["eval_output"]
+    sizes = [int(np.prod(shape)) for _, shape in layout]
+    parts = np.split(values, np.cumsum(sizes)[:-1])
+    state_dict = {k: p.reshape(shape) for (k, shape), p in zip(layout, parts, strict=True)}
+    cfg = override(get_config("hrnet_w8"), ["model.image_size=64,64", "model.heatmap_size=16,16"])
+    return cfg, torch_state_dict_to_variables(state_dict, cfg), x, heatmaps
+
+
+def _reference_decoding(heatmaps):
+    """(N, J, 3) keypoints of (N, J, 16, 16) heatmaps of crops centred (32, 32) with scale 0.32.
+
+    The reference's semantics: the first argmax (u, v), moved a quarter pixel
+    towards the higher neighbour where 1 < u < 15 and 1 < v < 15; heatmap
+    pixels are 4 image pixels: (x, y) = 4 (u, v).
+    """
+    n, j, h, w = heatmaps.shape
+    out = np.zeros((n, j, 3))
+    for a in range(n):
+        for b in range(j):
+            hm = heatmaps[a, b]
+            v, u = divmod(int(np.argmax(hm)), w)
+            du = dv = 0.0
+            if 1 < u < w - 1 and 1 < v < h - 1:
+                du = 0.25 * np.sign(hm[v, u + 1] - hm[v, u - 1])
+                dv = 0.25 * np.sign(hm[v + 1, u] - hm[v - 1, u])
+            out[a, b] = (4 * (u + du), 4 * (v + dv), hm[v, u])
+    return out
+
+
+def _picture():
+    """A 160x120 picture: a graded background and a stick figure."""
+    yy, xx = np.mgrid[0:120, 0:160]
+    image = np.stack([60 + xx // 2, 50 + yy, 140 - (xx + yy) // 4], axis=-1).astype(np.uint8)
+    cv2.circle(image, (80, 22), 9, (225, 180, 150), -1)
+    limbs = [((80, 31), (80, 66), 7), ((80, 38), (62, 55), 4), ((62, 55), (55, 72), 4),
+             ((80, 38), (99, 52), 4), ((99, 52), (108, 68), 4), ((80, 66), (70, 88), 5),
+             ((70, 88), (68, 110), 5), ((80, 66), (90, 89), 5), ((90, 89), (94, 111), 5)]
+    for a, b, width in limbs:
+        cv2.line(image, a, b, (40, 70, 170), width)
+    return np.ascontiguousarray(image)
+
+
+def test_a_reference_network_through_pose_estimator_decodes_as_the_reference_and_sees_the_image():
+    cfg, variables, x, reference_heatmaps = _golden_w8_mpii()
+    scale = float(np.abs(reference_heatmaps).max())
+    expected = _reference_decoding(reference_heatmaps)
+    # The recorded heatmaps leave room for the golden specs' tolerance (1e-4 of
+    # the largest value): each maximum is positive and at least 2e-4 above the
+    # runner-up, so no network within it decodes differently.
+    top2 = np.sort(reference_heatmaps.reshape(2, 16, -1), axis=-1)[..., -2:]
+    assert np.all(top2[..., 1] > 0) and np.all(top2[..., 1] - top2[..., 0] > 2e-4 * scale)
+    # Op by op: compiling the full-depth network would take about 20 s on a 2-core CPU.
+    with jax.disable_jit():
+        keypoints = PoseEstimator(variables, cfg, flip_test=False).predict_crops(
+            x, np.full((2, 2), 32.0), np.full((2, 2), 0.32))
+        np.testing.assert_allclose(keypoints[..., :2], expected[..., :2], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(keypoints[..., 2], expected[..., 2], rtol=0, atol=1e-4 * scale)
+
+        estimator = PoseEstimator(variables, cfg)
+        box = [50, 8, 60, 106]
+        person = estimator(_picture(), box)
+        mirrored = estimator(np.ascontiguousarray(_picture()[:, ::-1]), box)
+    # The box holds the figure and its mirror image (centred, column 80 -> 79):
+    # other pixels, other keypoints.
+    moved = np.linalg.norm(person[0, :, :2] - mirrored[0, :, :2], axis=-1)
+    print(f"joints moved by the mirrored picture (px): {np.round(moved, 1)}")
+    assert np.count_nonzero(moved > 2) >= 4, moved
 
 
 # --------------------------------------------------------------------------- bad input

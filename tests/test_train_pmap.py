@@ -52,6 +52,53 @@ SCRIPT = textwrap.dedent("""
         out[f"loss_{sync}"] = [runs[1][0], runs[2][0]]
         out[f"grad_err_{sync}"] = float(np.abs(g1 - g2).max() / np.abs(g1).max())
         out[f"grad_norm_{sync}"] = float(np.abs(g1).max())
+
+    # Synchronised BatchNorm inside lax.scan: the scanned network on two devices
+    # against the unrolled one on two devices.
+    repeats = ("model.stage2.num_blocks=2,2", "model.stage3.num_modules=2",
+               "model.stage3.num_blocks=2,2,2")
+    scanned = {}
+    for scan in ("none", "all"):
+        cfg = override(tiny_config(*repeats, f"model.scan={scan}"),
+                       {"train.optimizer": "sgd", "train.lr": 1.0, "train.wd": 0.0,
+                        "train.momentum": 0.0, "train.sync_batch_stats": True})
+        state, schedule = create_train_state(cfg, init_variables(cfg, jax.random.key(1)), 10)
+        new_r, metrics = make_train_step(cfg, schedule)(replicate(state),
+                                                        *shard((images, target, weight), 2))
+        grads = jax.tree.map(lambda new, old: np.asarray(old) - np.asarray(new[0]),
+                             new_r.params, state.params)
+        scanned[scan] = (float(metrics["loss"][0]),
+                         np.concatenate([x.ravel() for x in jax.tree.leaves(grads)]),
+                         new_r.batch_stats)
+    out["scan_loss"] = [scanned["none"][0], scanned["all"][0]]
+    g_none, g_all = scanned["none"][1], scanned["all"][1]
+    out["scan_grad_err"] = float(np.abs(g_none - g_all).max() / np.abs(g_none).max())
+    out["scan_stats_equal"] = all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(scanned["none"][2]), jax.tree.leaves(scanned["all"][2])))
+
+    # The step keeps one compiled program: its outputs come back placed as its
+    # inputs went in, also after the statistics are synchronised.
+    traces = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: traces.append(event)
+        if event == "/jax/core/compile/jaxpr_trace_duration" else None)
+    cfg = tiny_config()
+    state, schedule = create_train_state(cfg, init_variables(cfg, jax.random.key(2)), 10)
+    step = make_train_step(cfg, schedule)
+    state_r = replicate(state)
+    batch = shard((images, target, weight), 2)
+    state_r, _ = step(state_r, *batch)
+    out["traces_first_call"] = len(traces)
+    later = 0
+    for sync in (False, False, True):
+        if sync:
+            state_r = sync_batch_stats(state_r)
+        before = len(traces)
+        state_r, metrics = step(state_r, *batch)
+        jax.block_until_ready(metrics)
+        later += len(traces) - before
+    out["traces_later_calls"] = later
     print("RESULT" + json.dumps(out))
 """)
 
@@ -88,3 +135,17 @@ def test_per_device_batchnorm_normalises_each_half_on_its_own(two_device_results
     assert before > 0 and after == 0.0
     # With synchronised statistics the devices never diverge.
     assert two_device_results["spread_True"] == [0.0, 0.0]
+
+
+def test_the_scanned_network_with_synchronised_batchnorm_trains_as_the_unrolled_one(
+        two_device_results):
+    loss_unrolled, loss_scanned = two_device_results["scan_loss"]
+    assert loss_scanned == loss_unrolled
+    assert two_device_results["scan_stats_equal"]
+    assert two_device_results["scan_grad_err"] < 1e-4
+
+
+def test_the_train_step_compiles_once_and_not_again_on_later_steps_or_after_a_sync(
+        two_device_results):
+    assert two_device_results["traces_first_call"] > 0
+    assert two_device_results["traces_later_calls"] == 0

@@ -11,9 +11,13 @@ Every batch is a pure function of ``(seed, epoch, batch number, process)``:
   samples in ``meta['valid']``;
 * a sample's augmentation is seeded by ``(seed, epoch, index)``.
 
-Worker processes (grain's ``mp_prefetch``) each build whole batches from a
-stream of global batch numbers, so the batches do not depend on how many
-workers there are, and the iterator's state is just ``{"epoch", "batch"}``.
+Worker processes (:class:`~hrnet_jax.data.workers.BatchWorkers`) each build
+whole batches from a stream of global batch numbers, so the batches do not
+depend on how many workers there are, and the iterator's state is just
+``{"epoch", "batch"}``. The workers build at most ``prefetch`` batches each
+ahead of the consumer; a training loader's workers run on across epochs (and
+wait, idle, once they are that far ahead), an evaluation loader's stop at the
+end of the epoch.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hrnet_jax.data.mpii import MPIIDataset
+from hrnet_jax.data.workers import BatchWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -138,42 +143,29 @@ class MakeBatch:
         return batch
 
 
-def _plain(batch: Batch) -> Batch:
-    # Worker outputs arrive in shared memory; own copies free it at once.
-    input_, target, weight, meta = batch
-    return (np.array(input_), np.array(target), np.array(weight),
-            {key: np.array(meta[key]) for key in sorted(meta, key=_META_ORDER.index)})
-
-
-_META_ORDER = ["image", "filename", "imgnum", "joints", "joints_vis", "center", "scale", "rotation",
-               "score", "index", "valid"]
-
-
-def _mark_absl_flags_parsed() -> None:
-    # grain reads absl flags; outside an absl app they are unparsed and reading raises.
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
 class Loader:
     """Iterates over one epoch at a time from a saved position; see the module docstring.
 
     ``for input, target, target_weight, meta in loader`` yields the rest of the
     current epoch, then the position moves to the next epoch's batch 0.
     ``workers=0`` builds batches in this process; otherwise that many worker
-    processes build them ahead (``prefetch`` batches each).
+    processes build them ahead, ``prefetch`` batches each at most, which bounds
+    the memory they hold (see :class:`~hrnet_jax.data.workers.BatchWorkers`).
+    With ``across_epochs`` the workers go on into the next epoch; otherwise
+    they stop at the end of each epoch.
     """
 
     def __init__(self, dataset: MPIIDataset, plan: BatchPlan, *, workers: int = 0,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, across_epochs: bool = True) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.dataset = dataset
         self.plan = plan
         self.workers = int(workers)
-        self.prefetch = max(1, int(prefetch))
+        self.prefetch = int(prefetch)
+        self.across_epochs = bool(across_epochs)
         self._make = MakeBatch(dataset, plan)
         self._step = 0  # next global batch number to hand out
         self._stream: Iterator[Batch] | None = None
@@ -203,19 +195,20 @@ class Loader:
                              f"[0, {self.plan.num_batches}]")
         self._step = epoch * self.plan.num_batches + number
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (none before iterating or with ``workers=0``)."""
+        return self._stream.pids if isinstance(self._stream, BatchWorkers) else []
+
     def _open_stream(self, start: int) -> Iterator[Batch]:
         self._close_stream()
-        stop = _MAX_EPOCHS * self.plan.num_batches
+        batches = self.plan.num_batches
+        stop = _MAX_EPOCHS * batches if self.across_epochs else (start // batches + 1) * batches
         if self.workers == 0:
-            stream = (self._make(step) for step in range(start, stop))
+            stream: Iterator[Batch] = (self._make(step) for step in range(start, stop))
         else:
-            import grain
-
-            _mark_absl_flags_parsed()
-            ds = grain.MapDataset.range(start, stop).map(self._make).to_iter_dataset()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.workers, per_worker_buffer_size=self.prefetch))
-            stream = iter(ds)
+            stream = BatchWorkers(self._make, workers=self.workers, prefetch=self.prefetch,
+                                  start=start, stop=stop)
         self._stream, self._stream_step = stream, start
         return stream
 
@@ -231,11 +224,13 @@ class Loader:
             stream = self._stream
             if stream is None or self._stream_step != self._step:
                 stream = self._open_stream(self._step)
-            batch = _plain(next(stream))
+            batch = next(stream)
             self._stream_step += 1
             self._step += 1
             self._count_bad(batch)
             yield batch
+        if not self.across_epochs:
+            self._close_stream()
 
     def _count_bad(self, batch: Batch) -> None:
         epoch, number = divmod(self._step - 1, self.plan.num_batches)
@@ -290,7 +285,8 @@ def build_loader(
       process_index, process_count: this host's share (default: JAX's if loaded, else 0 of 1).
       skip_bad_images: warn about and leave out unreadable images (``meta['valid']``
         False) instead of raising.
-      prefetch: batches each worker prepares ahead.
+      prefetch: batches each worker prepares ahead of the consumer, at most; the
+        workers then hold at most ``workers * prefetch`` finished batches.
 
     Returns:
       A :class:`Loader` yielding ``(input (B, 3, H, W), target (B, J, h, w),
@@ -306,7 +302,7 @@ def build_loader(
     plan = BatchPlan(len(dataset), batch_size, seed=seed,
                      shuffle=is_train if shuffle is None else shuffle, drop_remainder=is_train,
                      process_index=index, process_count=count)
-    return Loader(dataset, plan, workers=workers, prefetch=prefetch)
+    return Loader(dataset, plan, workers=workers, prefetch=prefetch, across_epochs=is_train)
 
 
 def _with_seed(cfg: Any, seed: int) -> Any:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from hrnet_jax.config import parse_image_size
 from hrnet_jax.constants import MPII_NUM_JOINTS
 
 # MPII joint ids, for readability of the skeleton below.
@@ -279,13 +280,6 @@ def _record(name: str, ann: dict) -> dict:
     }
 
 
-def _parse_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    w, h = (int(v) for v in image_size)
-    return w, h
-
-
 def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int = 0,
                          image_size: int | Sequence[int] = 256, jpeg_quality: int = 92) -> str:
     """Renders a synthetic set into ``root`` in the MPII layout; returns ``root``.
@@ -307,7 +301,7 @@ def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int
 
     from hrnet_jax.metrics import MPII_DATASET_JOINTS
 
-    width, height = _parse_size(image_size)
+    width, height = parse_image_size(image_size)
     if min(width, height) < 32:
         raise ValueError(f"image_size {image_size}: each side must be at least 32 pixels")
     images_dir, annot_dir = os.path.join(root, "images"), os.path.join(root, "annot")
@@ -356,7 +350,7 @@ def ensure_synthetic_mpii(root: str, *, num_train: int = 2000, num_valid: int = 
     (``root/images`` and ``root/annot`` are replaced). Returns ``root``.
     """
     params = {"num_train": int(num_train), "num_valid": int(num_valid), "seed": int(seed),
-              "image_size": list(_parse_size(image_size)), "version": 4}
+              "image_size": list(parse_image_size(image_size)), "version": 4}
     marker = os.path.join(root, _MARKER)
     if os.path.isfile(marker):
         try:

@@ -28,7 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hrnet_jax import config as config_lib
 from hrnet_jax.config import Config, get_config, override
+from hrnet_jax.models.hrnet import SCAN_MODES, scan_mode
+from hrnet_jax.train.compilation import cache_counts
 from hrnet_jax.train.state import create_train_state, init_variables
 from hrnet_jax.train.steps import make_eval_step, make_train_step, replicate
 
@@ -70,6 +73,7 @@ class BenchmarkRecord:
 
     config: str
     dtype: str
+    scan: str  # model.scan as run: "none", "blocks", "modules" or "all"
     step: str  # "train", "eval" or "eval+flip"
     image_size: tuple[int, int]  # (width, height)
     batch_per_device: int
@@ -81,6 +85,7 @@ class BenchmarkRecord:
     trace_lower_s: float
     xla_compile_s: float
     compile_s: float  # trace_lower_s + xla_compile_s
+    cache_hit: bool  # XLA's program came from JAX's persistent compilation cache
     seconds: float  # the timed loop
     step_ms: float
     images_per_s: float
@@ -90,6 +95,11 @@ class BenchmarkRecord:
     peak_tflops_per_device: float | None
     peak_source: str
     mfu: float | None
+    # XLA's buffer assignment for one device: arguments + outputs + temporaries
+    # (donated arguments counted once); None where the backend does not say.
+    program_bytes: int | None
+    # The allocator's peak on device 0 so far in this process (accelerators only).
+    device_peak_bytes: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,22 +127,8 @@ def parse_dtypes(dtypes: str | Sequence[str]) -> tuple[str, ...]:
 
 def parse_image_size(size: int | str | Sequence[int]) -> tuple[int, int]:
     """``(width, height)`` from ``256``, ``"256"``, ``"192x256"`` (width x height) or a pair."""
-    if isinstance(size, str):
-        parts = size.lower().split("x")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"image size {size!r}: expected N or WIDTHxHEIGHT") from None
-    elif isinstance(size, int):
-        values = [size]
-    else:
-        values = [int(v) for v in size]
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise ValueError(f"image size {size!r}: expected N or WIDTHxHEIGHT")
-    width, height = values
-    if width <= 0 or height <= 0 or width % IMAGE_SIZE_MULTIPLE or height % IMAGE_SIZE_MULTIPLE:
+    width, height = config_lib.parse_image_size(size)
+    if width % IMAGE_SIZE_MULTIPLE or height % IMAGE_SIZE_MULTIPLE:
         raise ValueError(f"image size {width}x{height}: both sides must be positive multiples "
                          f"of {IMAGE_SIZE_MULTIPLE} (HRNet's deepest branch is at 1/32)")
     return width, height
@@ -224,19 +220,56 @@ def _synthetic_batch(cfg: Config, batch: int, seed: int) -> dict[str, Any]:
     return _on_devices(make, seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Timings:
+    trace_lower_s: float
+    xla_compile_s: float
+    cache_hit: bool
+    loop_s: float
+    flops_per_device: float | None
+    flops_source: str
+    program_bytes: int | None
+    device_peak_bytes: int | None
+
+
+def program_bytes(compiled: Any) -> int | None:
+    """Device memory XLA assigned to a compiled program: arguments, outputs and temporaries."""
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # not every backend and jax version implements it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if analysis is None:
+        return None
+    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return int(total)
+
+
+def device_peak_bytes() -> int | None:
+    """The allocator's peak on the first local device, where the backend reports it."""
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:
+        return None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
 def _time_compiled(step: Callable, args: tuple, *, warmup: int, steps: int,
-                   carry_first: bool) -> tuple[float, float, float, float | None, str]:
+                   carry_first: bool) -> _Timings:
     """Lowers and compiles ``step`` on ``args``, then times ``steps`` calls after ``warmup``.
 
     With ``carry_first`` the first output replaces the first argument between
-    calls (the donated train state). Returns (trace_lower_s, xla_compile_s,
-    loop_s, flops_per_device, flops_source).
+    calls (the donated train state).
     """
+    hits = cache_counts()["cache_hits"]
     t0 = time.perf_counter()
     lowered = step.lower(*args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    cache_hit = cache_counts()["cache_hits"] > hits
     flops, source = cost_analysis_flops(compiled), "compiled"
     if flops is None:
         # The unoptimised HLO still counts the convolutions.
@@ -258,27 +291,33 @@ def _time_compiled(step: Callable, args: tuple, *, warmup: int, steps: int,
     args, out = run(steps, args)
     jax.block_until_ready((args, out))
     t4 = time.perf_counter()
-    return t1 - t0, t2 - t1, t4 - t3, flops, source
+    return _Timings(trace_lower_s=t1 - t0, xla_compile_s=t2 - t1, cache_hit=cache_hit,
+                    loop_s=t4 - t3, flops_per_device=flops, flops_source=source,
+                    program_bytes=program_bytes(compiled), device_peak_bytes=device_peak_bytes())
 
 
 def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps: int,
-            timings: tuple[float, float, float, float | None, str], peak: Peak) -> BenchmarkRecord:
-    trace_lower_s, compile_s, loop_s, flops_per_device, flops_source = timings
+            timings: _Timings, peak: Peak) -> BenchmarkRecord:
+    loop_s, flops_per_device = timings.loop_s, timings.flops_per_device
     devices = jax.local_device_count()
     flops = None if flops_per_device is None else flops_per_device * devices
     tflops = None if flops is None else flops * steps / loop_s / 1e12
     mfu = (None if tflops is None or peak.tflops_per_device is None
            else tflops / (peak.tflops_per_device * devices))
+    scan = next(k for k, v in SCAN_MODES.items() if v == scan_mode(cfg.model.scan))
     return BenchmarkRecord(
-        config=name, dtype=cfg.model.dtype, step=step, image_size=tuple(cfg.model.image_size),
+        config=name, dtype=cfg.model.dtype, scan=scan, step=step,
+        image_size=tuple(cfg.model.image_size),
         batch_per_device=batch, global_batch=batch * devices,
         device_kind=jax.devices()[0].device_kind, device_count=devices,
         warmup_steps=warmup, timed_steps=steps,
-        trace_lower_s=trace_lower_s, xla_compile_s=compile_s,
-        compile_s=trace_lower_s + compile_s, seconds=loop_s, step_ms=1e3 * loop_s / steps,
+        trace_lower_s=timings.trace_lower_s, xla_compile_s=timings.xla_compile_s,
+        compile_s=timings.trace_lower_s + timings.xla_compile_s, cache_hit=timings.cache_hit,
+        seconds=loop_s, step_ms=1e3 * loop_s / steps,
         images_per_s=batch * devices * steps / loop_s,
-        flops_per_step=flops, flops_source=flops_source, tflops_per_s=tflops,
+        flops_per_step=flops, flops_source=timings.flops_source, tflops_per_s=tflops,
         peak_tflops_per_device=peak.tflops_per_device, peak_source=peak.source, mfu=mfu,
+        program_bytes=timings.program_bytes, device_peak_bytes=timings.device_peak_bytes,
     )
 
 
@@ -315,7 +354,9 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
                   eval_flip: bool = True, peak_tflops: float | None = None,
                   train: bool = True, evaluate: bool = True, seed: int = 0,
                   overrides: Sequence[str] | Mapping[str, Any] = (),
-                  log: Callable[[str], None] | None = None) -> list[BenchmarkRecord]:
+                  log: Callable[[str], None] | None = None,
+                  on_record: Callable[[BenchmarkRecord], None] | None = None
+                  ) -> list[BenchmarkRecord]:
     """Times the train and eval steps of each config and dtype on all local devices.
 
     Args:
@@ -333,6 +374,7 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
         (``["model.stage3.num_modules=1"]``); sizes, dtype and batch come from the
         arguments above.
       log: called with a line as each measurement starts.
+      on_record: called with each record as soon as it is measured.
 
     Returns:
       One :class:`BenchmarkRecord` per config, dtype and step function, in that order.
@@ -343,6 +385,7 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
     if not (train or evaluate):
         raise ValueError("nothing to time: enable the train step, the eval step or both")
     log = log or (lambda line: None)
+    on_record = on_record or (lambda record: None)
     device_kind = jax.devices()[0].device_kind
     records = []
     for (name, dtype), cfg in cfgs.items():
@@ -361,6 +404,7 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
                 warmup=warmup, steps=steps, carry_first=True)
             del state_r  # donated; the loop's last state is dropped with it
             records.append(_record(step="train", timings=timings, **common))
+            on_record(records[-1])
         if evaluate:
             step_name = "eval+flip" if eval_flip else "eval"
             log(f"{name} {dtype} {step_name} step: compiling and timing")
@@ -372,6 +416,7 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
                 warmup=warmup, steps=steps, carry_first=False)
             del variables_r
             records.append(_record(step=step_name, timings=timings, **common))
+            on_record(records[-1])
     return records
 
 
@@ -389,17 +434,9 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
     first = records[0]
     header = (f"{first.device_count} x {first.device_kind}, jax {jax.__version__}, "
               f"{first.warmup_steps} warm-up + {first.timed_steps} timed steps")
-    columns = ("config", "dtype", "step", "image", "batch", "compile s", "step ms", "images/s",
-               "GFLOP/img", "TFLOP/s", "MFU")
-    rows = []
-    for r in records:
-        gflop_per_image = None if r.flops_per_step is None else r.flops_per_step / r.global_batch / 1e9
-        rows.append((
-            r.config, r.dtype, r.step, f"{r.image_size[0]}x{r.image_size[1]}",
-            f"{r.batch_per_device}x{r.device_count}", f"{r.compile_s:.1f}", f"{r.step_ms:.1f}",
-            f"{r.images_per_s:.2f}", _fmt(gflop_per_image, ".2f"), _fmt(r.tflops_per_s, ".3f"),
-            "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%",
-        ))
+    columns = ("config", "dtype", "scan", "step", "image", "batch", "compile s", "step ms",
+               "images/s", "GFLOP/img", "TFLOP/s", "MFU", "GiB", "peak GiB")
+    rows = [_row(r) for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     lines = [header, "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -408,9 +445,37 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
                     + ("" if r.peak_tflops_per_device is None else f" = {r.peak_tflops_per_device:g}")
                     for r in records})
     lines.append("peak TFLOP/s per device (MFU = TFLOP/s / (peak x devices)): " + "; ".join(peaks))
-    lines.append("compile s = trace and lower + XLA compile; batch = per device x devices; "
-                 "FLOPs from XLA's cost analysis")
+    lines.append("compile s = trace and lower + XLA compile (* from the persistent cache); "
+                 "batch = per device x devices; FLOPs from XLA's cost analysis; GiB = XLA's "
+                 "buffers for one device (arguments, outputs, temporaries); peak GiB = the "
+                 "device allocator's peak so far in the process")
     return "\n".join(lines)
+
+
+def _gib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**30:.2f}"
+
+
+def _row(r: BenchmarkRecord) -> tuple[str, ...]:
+    gflop_per_image = None if r.flops_per_step is None else r.flops_per_step / r.global_batch / 1e9
+    return (
+        r.config, r.dtype, r.scan, r.step, f"{r.image_size[0]}x{r.image_size[1]}",
+        f"{r.batch_per_device}x{r.device_count}",
+        f"{r.compile_s:.1f}" + ("*" if r.cache_hit else ""), f"{r.step_ms:.1f}",
+        f"{r.images_per_s:.2f}", _fmt(gflop_per_image, ".2f"), _fmt(r.tflops_per_s, ".3f"),
+        "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%", _gib(r.program_bytes),
+        _gib(r.device_peak_bytes),
+    )
+
+
+def format_record(r: BenchmarkRecord) -> str:
+    """One record on one line, as it is measured."""
+    (config, dtype, scan, step, image, batch, compile_s, step_ms, images_per_s, gflop, tflops,
+     mfu, gib, peak) = _row(r)
+    return (f"{config} {dtype} scan={scan} {step} {image} batch {batch}: compile {compile_s} s "
+            f"(trace+lower {r.trace_lower_s:.1f} s), {step_ms} ms/step, {images_per_s} images/s, "
+            f"{tflops} TFLOP/s, MFU {mfu}, XLA buffers {gib} GiB, device peak {peak}"
+            + ("" if r.device_peak_bytes is None else " GiB"))
 
 
 def to_json(records: Sequence[BenchmarkRecord]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "hrnet_jax", "xla")
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config``, ``--data-root``, ``--dataset``, ``--batch-size``, ``--workers``,
-    ``--bf16`` and ``--set``."""
+    ``--prefetch``, ``--bf16`` and ``--set``."""
     parser.add_argument("--config", default="hrnet_w32",
                         help="a preset (hrnet_w32, hrnet_w48, hrnet_quickstart, any hrnet_w<C>, "
                              "*_coco) or a reference-format experiment .yaml file")
@@ -27,6 +27,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per device, for training and validation")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading worker processes (0: in the main process)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="batches each worker builds ahead, at most (memory: about "
+                             "workers x prefetch batches)")
     parser.add_argument("--bf16", action="store_true",
                         help="compute in bfloat16 (parameters stay float32)")
     parser.add_argument("--compilation-cache", default=DEFAULT_COMPILATION_CACHE, metavar="DIR",
@@ -52,6 +55,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                          "test.batch_size_per_device": args.batch_size})
     if args.workers is not None:
         cfg = config_lib.override(cfg, {"workers": args.workers})
+    if args.prefetch is not None:
+        cfg = config_lib.override(cfg, {"prefetch": args.prefetch})
     if args.bf16:
         cfg = config_lib.override(cfg, {"model.dtype": "bfloat16"})
     return config_lib.override(cfg, args.overrides)

@@ -107,21 +107,26 @@ def evaluate(eval_step: Callable, variables: Any, batches: Iterable, num_records
 
 
 def validate(cfg: Config, variables: Any, *, flip_test: bool | None = None,
-             post_process: bool | None = None, show_progress: bool = True) -> Evaluation:
+             post_process: bool | None = None, show_progress: bool = True,
+             log: Callable[[str], None] | None = print) -> Evaluation:
     """Evaluates host ``variables`` on ``cfg``'s validation set (``dataset.test_set``).
 
     The flip test and the quarter-pixel refinement follow ``cfg.test`` unless
-    given here. The PCKh table needs the split's ``gt_valid.mat``.
+    given here. The PCKh table needs the split's ``gt_valid.mat``. ``log``
+    (None: silent) hears when the eval step compiles and how long it took.
     """
     from hrnet_jax import data as data_lib
+    from hrnet_jax.train.compilation import announce_compilation, describe_step
     from hrnet_jax.train.steps import make_eval_step, replicate
 
     batch = cfg.test.batch_size_per_device * jax.local_device_count()
-    eval_step = make_eval_step(cfg, flip_test=flip_test, post_process=post_process)
+    eval_step = announce_compilation(
+        make_eval_step(cfg, flip_test=flip_test, post_process=post_process),
+        describe_step("eval step", cfg, batch), log or (lambda line: None))
     variables_r = replicate({"params": variables["params"],
                              "batch_stats": variables["batch_stats"]})
     with data_lib.build_loader(cfg, "valid", batch_size=batch, seed=cfg.seed, shuffle=False,
-                               workers=cfg.workers) as loader:
+                               workers=cfg.workers, prefetch=cfg.prefetch) as loader:
         return evaluate(eval_step, variables_r, loader, loader.dataset_size,
                         cfg.model.num_joints, data_lib.mpii_gt_path(cfg),
                         show_progress=show_progress, total_batches=len(loader))

@@ -28,6 +28,7 @@ from hrnet_jax.metrics import format_pckh_table
 from hrnet_jax.model_file import save_model
 from hrnet_jax.train import logs
 from hrnet_jax.train.checkpoint import Checkpoints
+from hrnet_jax.train.compilation import announce_compilation, describe_step
 from hrnet_jax.train.evaluate import Evaluation, evaluate
 from hrnet_jax.train.state import create_train_state, init_variables
 from hrnet_jax.train.steps import (
@@ -114,10 +115,16 @@ class _EpochMeter:
         self.accuracy = logs.Average()
         self.lr = float("nan")
         self._since = time.perf_counter()
+        self._untimed = 0  # pending steps whose time is not a step's (compilation)
 
     def add(self, metrics: Any, data_seconds: float) -> None:
         self.pending.append(metrics)
         self.data_time.update(data_seconds)
+
+    def leave_out_of_timing(self) -> None:
+        """The step just added compiled first: its time is not counted in Time or Speed."""
+        self._untimed += 1
+        self._since = time.perf_counter()
 
     def flush(self, step: int, index: int, checkpoints: Checkpoints) -> str:
         """Fetches the pending metrics (one host sync) and returns the log line.
@@ -127,8 +134,9 @@ class _EpochMeter:
         """
         host = jax.device_get(self.pending)
         now = time.perf_counter()
-        per_step = (now - self._since) / len(host)
-        self._since = now
+        timed = len(host) - self._untimed
+        per_step = (now - self._since) / timed if timed else None
+        self._since, self._untimed = now, 0
         first = step - len(host) + 1
         self.pending = []
         for i, m in enumerate(host):
@@ -139,7 +147,8 @@ class _EpochMeter:
                     f"stopping. The newest checkpoint (step {checkpoints.latest_step()}) in "
                     f"{checkpoints.directory} predates it: lower train.lr or check the data, "
                     "then rerun to resume from there")
-            self.step_time.update(per_step)
+            if per_step is not None and i >= len(host) - timed:
+                self.step_time.update(per_step)
             self.loss.update(loss, self.batch_size)
             count = float(m["acc_count"][0])
             if count > 0:
@@ -244,9 +253,11 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
     prepare_dataset(cfg)
 
     train_loader = data_lib.build_loader(cfg, "train", batch_size=train_batch, seed=cfg.seed,
-                                         shuffle=cfg.train.shuffle, workers=cfg.workers)
+                                         shuffle=cfg.train.shuffle, workers=cfg.workers,
+                                         prefetch=cfg.prefetch)
     valid_loader = data_lib.build_loader(cfg, "valid", batch_size=valid_batch, seed=cfg.seed,
-                                         shuffle=False, workers=cfg.workers)
+                                         shuffle=False, workers=cfg.workers,
+                                         prefetch=cfg.prefetch)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"the training set is smaller than one batch of {train_batch} "
@@ -287,8 +298,10 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                     f"samples, {steps_per_epoch} steps per epoch, batch {train_batch} on "
                     f"{num_devices} device(s)) into {workdir}")
 
-    train_step = make_train_step(cfg, schedule, return_output=cfg.debug)
-    eval_step = make_eval_step(cfg)
+    train_step = announce_compilation(make_train_step(cfg, schedule, return_output=cfg.debug),
+                                      describe_step("train step", cfg, train_batch), logger.info)
+    eval_step = announce_compilation(make_eval_step(cfg),
+                                     describe_step("eval step", cfg, valid_batch), logger.info)
     gt_path = data_lib.mpii_gt_path(cfg)
     num_valid = valid_loader.dataset_size
     step = int(state.step)
@@ -296,6 +309,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
     del state
     last_eval: Evaluation | None = None
     last_eval_step = -1
+    compiled = False
 
     def run_validation(state_r: Any, step: int) -> tuple[Any, Evaluation]:
         """Validates ``state_r`` (statistics already synchronised); keeps the best model."""
@@ -332,6 +346,9 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                 data_seconds = time.perf_counter() - t_fetch
                 state_r, metrics = train_step(state_r, *arrays)
                 meter.add(metrics, data_seconds)
+                if not compiled:
+                    meter.leave_out_of_timing()
+                    compiled = True
                 step += 1
                 index = step - epoch * steps_per_epoch
                 if bar is not None:

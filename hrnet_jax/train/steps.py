@@ -131,7 +131,7 @@ def sync_batch_stats(state: TrainState) -> TrainState:
     """Averages the per-device BatchNorm running statistics (before evaluation and saving)."""
     if jax.local_device_count() == 1:
         return state
-    mean = jax.pmap(lambda x: jax.lax.pmean(x, "d"), axis_name="d")(state.batch_stats)
+    mean = jax.pmap(lambda x: jax.lax.pmean(x, AXIS), axis_name=AXIS)(state.batch_stats)
     return state.replace(batch_stats=mean)
 
 
@@ -149,8 +149,10 @@ def shard(batch: Any, num_devices: int | None = None) -> Any:
 
 
 def _device_axis_sharding(devices: Sequence[Any]) -> jax.sharding.NamedSharding:
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+    # The mesh pmap gives its outputs: inputs placed alike keep the step's
+    # signature, and so its compiled program, the same from the first call on.
+    mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
 
 def put_sharded(tree: Any, devices: Sequence[Any] | None = None) -> Any:

@@ -1,0 +1,363 @@
+"""Worker processes that build batches ahead of the consumer, within a fixed bound.
+
+:class:`BatchWorkers` runs ``make(step)`` for consecutive global batch numbers
+in ``workers`` spawned processes. Batch ``step`` is always built by worker
+``step % workers`` and handed out in order, so what comes out does not depend
+on the number of workers.
+
+Bounds. At most ``prefetch`` batches per worker are requested ahead of the
+consumer, so however long it pauses (compiling, validating, checkpointing)
+there are never more than ``workers * prefetch`` finished batches waiting, each
+in one shared-memory block, and each worker holds at most the one batch it is
+building. A worker whose queue is full waits on its pipe and uses no CPU.
+
+Failures end the iteration within a bounded time, never a hang: an exception
+in a worker is raised again in the consumer (with the worker and batch named);
+a worker that dies (killed by the kernel's out-of-memory killer, a crash)
+raises :class:`WorkerDiedError` with its exit code and the likely cause; a
+worker that produces nothing for ``timeout_s`` raises :class:`WorkerTimeoutError`.
+
+Shared memory. A finished batch is pickled with its arrays out of band into a
+block named after the pool and the batch number; the consumer copies it out
+and unlinks the block at once. Blocks of batches still in flight when the
+pool closes (or a worker dies) are unlinked by name, so nothing is left behind
+in ``/dev/shm``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import secrets
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing import connection, shared_memory
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# How often a waiting consumer checks that the worker it waits on is alive.
+_POLL_S = 1.0
+# Bytes between out-of-band buffers, so that every array starts aligned.
+_ALIGN = 64
+
+
+class WorkerError(RuntimeError):
+    """A data worker failed; the message names the worker and the batch."""
+
+
+class WorkerDiedError(WorkerError):
+    """A data worker process ended without being asked to."""
+
+    def __init__(self, message: str, *, worker: int, exitcode: int | None) -> None:
+        super().__init__(message)
+        self.worker = worker
+        self.exitcode = exitcode
+
+
+class WorkerTimeoutError(WorkerError):
+    """A data worker produced nothing for longer than the pool's timeout."""
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """A short account of a process exit code, with the likely cause of the usual ones."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        text = f"was killed by signal {number} ({name})"
+        if number == signal.SIGKILL:
+            text += ": probably out of memory (the kernel's OOM killer sends SIGKILL)"
+        elif number == signal.SIGSEGV:
+            text += ": it crashed in native code (OpenCV or NumPy)"
+        return text
+    return f"exited with code {exitcode}"
+
+
+def _shm_name(prefix: str, step: int) -> str:
+    return f"{prefix}_{step}"
+
+
+def _unlink(name: str) -> bool:
+    """Removes a shared-memory block by name; False if there was none."""
+    try:
+        block = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return False
+    block.close()
+    block.unlink()
+    return True
+
+
+def _pack(value: Any, name: str) -> tuple[str, int, list[tuple[int, int]]]:
+    """Pickles ``value`` into a new shared-memory block ``name``.
+
+    Returns ``(name, header_bytes, [(offset, size), ...])`` of the pickle
+    stream and of each out-of-band buffer (the arrays' data).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    layout, offset = [], len(header)
+    for raw in raws:
+        offset += -offset % _ALIGN
+        layout.append((offset, raw.nbytes))
+        offset += raw.nbytes
+    block = shared_memory.SharedMemory(name=name, create=True, size=max(1, offset))
+    try:
+        block.buf[:len(header)] = header
+        for (start, size), raw in zip(layout, raws, strict=True):
+            block.buf[start:start + size] = raw
+    finally:
+        del raws, buffers
+        block.close()
+    return name, len(header), layout
+
+
+def _unpack(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
+    """Reads a value written by :func:`_pack` into private memory and unlinks the block."""
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        end = max([header_bytes] + [start + size for start, size in layout])
+        data = bytearray(block.buf[:end])  # the one copy out of shared memory
+    finally:
+        block.close()
+        block.unlink()
+    view = memoryview(data)
+    return pickle.loads(view[:header_bytes],
+                        buffers=[view[start:start + size] for start, size in layout])
+
+
+def _worker_main(make_pickled: bytes, tasks: connection.Connection,
+                 results: connection.Connection, stop: Any) -> None:
+    """Builds the batches asked for on ``tasks`` until told to stop or the pool is gone."""
+    # Ctrl-C reaches the whole process group: the consumer decides what to do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    make = pickle.loads(make_pickled)
+    while True:
+        try:
+            request = tasks.recv()
+        except (EOFError, OSError):
+            return  # the consumer has gone
+        if request is None or stop.is_set():
+            return
+        step, name = request
+        try:
+            message = ("ok", step, _pack(make(step), name))
+        except BaseException as e:  # everything goes back to the consumer
+            text = "".join(traceback.format_exception(e))
+            try:
+                error: bytes | None = pickle.dumps(e)
+            except Exception:
+                error = None
+            message = ("error", step, (error, text))
+        try:
+            results.send(message)
+        except (BrokenPipeError, OSError):
+            if message[0] == "ok":
+                _unlink(name)
+            return
+
+
+class _Worker:
+    def __init__(self, index: int, process: Any, tasks: connection.Connection,
+                 results: connection.Connection) -> None:
+        self.index = index
+        self.process = process
+        self.tasks = tasks
+        self.results = results
+        self.pending: collections.deque[int] = collections.deque()
+
+
+class BatchWorkers:
+    """Builds ``make(step)`` for ``step`` in ``[start, stop)`` in worker processes, in order.
+
+    Args:
+      make: a picklable callable, global batch number -> batch (any picklable
+        value; NumPy arrays travel through shared memory).
+      workers: number of worker processes (>= 1).
+      prefetch: batches each worker builds ahead of the consumer (>= 1).
+      start, stop: the batch numbers to produce.
+      timeout_s: longest wait for one batch before :class:`WorkerTimeoutError`
+        (None waits as long as the worker lives).
+
+    Iterate to get ``make(start), make(start + 1), ...``; :meth:`close` stops the
+    workers (also on exit from a ``with`` block and when iteration ends).
+    """
+
+    def __init__(self, make: Callable[[int], Any], *, workers: int, prefetch: int,
+                 start: int, stop: int, timeout_s: float | None = 600.0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self.num_workers = int(workers)
+        self.prefetch = int(prefetch)
+        self.timeout_s = timeout_s
+        self._next_submit = int(start)
+        self._next_out = int(start)
+        self._stop = int(stop)
+        self._prefix = f"hrnet_jax_{os.getpid()}_{secrets.token_hex(4)}"
+        self._closed = False
+        self._workers: list[_Worker] = []
+        context = mp.get_context("spawn")
+        self._stop_event = context.Event()
+        make_pickled = pickle.dumps(make)
+        try:
+            for index in range(self.num_workers):
+                task_recv, task_send = context.Pipe(duplex=False)
+                result_recv, result_send = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_worker_main,
+                    args=(make_pickled, task_recv, result_send, self._stop_event),
+                    name=f"hrnet_jax data worker {index}", daemon=True)
+                process.start()
+                # The child has its own copies; ours would keep a dead child's pipe open.
+                task_recv.close()
+                result_send.close()
+                self._workers.append(_Worker(index, process, task_send, result_recv))
+            self._fill()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers, by worker index."""
+        return [w.process.pid for w in self._workers]
+
+    def in_flight(self) -> int:
+        """Batches requested and not yet handed out."""
+        return self._next_submit - self._next_out
+
+    def _fill(self) -> None:
+        limit = min(self._stop, self._next_out + self.num_workers * self.prefetch)
+        while self._next_submit < limit:
+            step = self._next_submit
+            worker = self._workers[step % self.num_workers]
+            try:
+                worker.tasks.send((step, _shm_name(self._prefix, step)))
+            except (BrokenPipeError, OSError):
+                raise self._died(worker, step) from None
+            worker.pending.append(step)
+            self._next_submit += 1
+
+    def _died(self, worker: _Worker, step: int) -> WorkerDiedError:
+        worker.process.join(timeout=5)
+        code = worker.process.exitcode
+        message = (f"data worker {worker.index} (pid {worker.process.pid}) "
+                   f"{describe_exit(code)} before delivering batch {step}; lower --workers or "
+                   f"the prefetch depth (each of {self.num_workers} worker(s) holds up to "
+                   f"{self.prefetch} batch(es) ahead) if memory is short")
+        return WorkerDiedError(message, worker=worker.index, exitcode=code)
+
+    def __iter__(self) -> BatchWorkers:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed or self._next_out >= self._stop:
+            self.close()
+            raise StopIteration
+        step = self._next_out
+        worker = self._workers[step % self.num_workers]
+        try:
+            message = self._receive(worker, step)
+        except BaseException:
+            self.close()
+            raise
+        kind, got, payload = message
+        if got != step:  # cannot happen: one pipe per worker, answered in order
+            self.close()
+            raise WorkerError(f"data worker {worker.index} answered batch {got}, expected {step}")
+        worker.pending.popleft()
+        self._next_out += 1
+        if kind == "error":
+            self.close()
+            pickled, text = payload
+            note = f"raised in data worker {worker.index} while building batch {step}"
+            try:
+                error = pickle.loads(pickled) if pickled is not None else None
+            except Exception:  # an exception type that does not unpickle
+                error = None
+            if isinstance(error, BaseException):
+                error.add_note(note)
+                raise error
+            raise WorkerError(f"{note}:\n{text}")
+        batch = _unpack(*payload)
+        self._fill()
+        return batch
+
+    def _receive(self, worker: _Worker, step: int) -> Any:
+        started = time.monotonic()
+        sentinel = worker.process.sentinel
+        while True:
+            ready = connection.wait([worker.results, sentinel], timeout=_POLL_S)
+            if worker.results in ready:
+                try:
+                    return worker.results.recv()
+                except (EOFError, OSError):
+                    raise self._died(worker, step) from None
+            if sentinel in ready or not worker.process.is_alive():
+                raise self._died(worker, step)
+            waited = time.monotonic() - started
+            if self.timeout_s is not None and waited > self.timeout_s:
+                raise WorkerTimeoutError(
+                    f"data worker {worker.index} (pid {worker.process.pid}) has built nothing "
+                    f"for {waited:.0f} s while building batch {step}; it may be stuck reading "
+                    "the dataset")
+
+    def close(self) -> None:
+        """Stops the workers and removes the shared memory of unread batches."""
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "_stop_event"):
+            self._stop_event.set()
+        for worker in self._workers:
+            try:
+                worker.tasks.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 5.0
+        for worker in self._workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5.0)
+        for worker in self._workers:
+            # Finished batches nobody read, and blocks a dying worker left half made.
+            while worker.results.poll():
+                try:
+                    kind, step, payload = worker.results.recv()
+                except (EOFError, OSError):
+                    break
+                if kind == "ok":
+                    _unlink(payload[0])
+            for step in worker.pending:
+                _unlink(_shm_name(self._prefix, step))
+            worker.pending.clear()
+            for end in (worker.tasks, worker.results):
+                end.close()
+            if worker.process.exitcode is not None:
+                worker.process.close()
+
+    def __enter__(self) -> BatchWorkers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
