@@ -264,6 +264,14 @@ def worker_pids_of(parent):
     return pids
 
 
+def run_to_success(command):
+    import subprocess
+
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def run_and_kill_a_worker(command):
     import subprocess
 
@@ -288,19 +296,12 @@ def script_root(tmp_path_factory):
 @pytest.mark.slow
 def test_training_and_testing_with_workers_end_without_leaked_shared_memory_or_semaphores(
         script_root, tmp_path):
-    import subprocess
-
     workdir = str(tmp_path / "run")
-    train = subprocess.run(
-        script("train.py", "--data-root", script_root, "--workdir", workdir, "--epochs", "2",
-               "--batch-size", "4", "--workers", "2"),
-        capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    test = subprocess.run(
-        script("test.py", "--data-root", script_root, "--checkpoint", workdir, "--batch-size", "4",
-               "--workers", "2", "--out", str(tmp_path / "eval")),
-        capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+    train = run_to_success(script("train.py", "--data-root", script_root, "--workdir", workdir,
+                                  "--epochs", "2", "--batch-size", "4", "--workers", "2"))
+    test = run_to_success(script("test.py", "--data-root", script_root, "--checkpoint", workdir,
+                                 "--batch-size", "4", "--workers", "2",
+                                 "--out", str(tmp_path / "eval")))
     for proc in (train, test):
         assert "resource_tracker" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
 
@@ -318,14 +319,9 @@ def test_training_stops_with_a_clear_message_when_a_data_worker_is_killed(script
 
 @pytest.mark.slow
 def test_testing_stops_with_a_clear_message_when_a_data_worker_is_killed(script_root, tmp_path):
-    import subprocess
-
     workdir = str(tmp_path / "run")
-    train = subprocess.run(
-        script("train.py", "--data-root", script_root, "--workdir", workdir, "--max-steps", "1",
-               "--batch-size", "4", "--workers", "0"),
-        capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    run_to_success(script("train.py", "--data-root", script_root, "--workdir", workdir,
+                          "--max-steps", "1", "--batch-size", "4", "--workers", "0"))
     code, out, err = run_and_kill_a_worker(
         script("test.py", "--data-root", script_root, "--checkpoint", workdir, "--batch-size", "1",
                "--workers", "2", "--prefetch", "1"))

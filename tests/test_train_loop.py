@@ -186,3 +186,20 @@ def test_predict_script_reads_a_training_work_directory(straight_run, data_root,
     stem = os.path.splitext(os.path.basename(image))[0]
     keypoints = json.load(open(os.path.join(out, f"{stem}.json")))["keypoints"]
     assert np.asarray(keypoints).shape == (1, 16, 3)
+
+
+def test_the_compiling_first_step_is_left_out_of_the_logged_step_time(monkeypatch):
+    from hrnet_jax.train import loop
+
+    clock = iter([0.0, 50.0, 50.0, 54.0])  # start, compiled, flushed, flushed
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    meter = loop._EpochMeter(epoch=0, steps_per_epoch=3, batch_size=8)
+    metrics = {"loss": np.array([0.5]), "acc_sum": np.array([1.0]), "acc_count": np.array([2.0]),
+               "lr": np.array([1e-3])}
+    meter.add(metrics, 0.0)
+    meter.leave_out_of_timing()  # 50 s of compilation
+    assert "Time (compiling)" in meter.flush(1, 1, checkpoints=None)
+    meter.add(metrics, 0.0)
+    meter.add(metrics, 0.0)
+    line = meter.flush(3, 3, checkpoints=None)
+    assert "Time 2.000s (2.000s)" in line and "Speed 4.0 samples/s" in line

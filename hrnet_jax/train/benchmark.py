@@ -10,9 +10,13 @@ tracing and XLA compilation are timed apart from the steps; the timed loop
 then calls that same compiled executable on synthetic inputs generated on the
 devices, after ``warmup`` untimed calls, and blocks only once, at its end.
 
-FLOPs come from XLA's cost analysis of the compiled step. Under ``pmap`` that
-is the program of one device, so a step's FLOPs are that times the device
-count; MFU is the achieved rate over the devices' summed peak.
+FLOPs come from XLA's cost analysis of the same step lowered with the
+network unrolled (``model.scan="none"``), before optimisation, so every
+configuration counts the same model FLOPs (the analysis of a scanned program
+counts each loop body once). Under ``pmap`` that is the program of one
+device, so a step's FLOPs are that times the device count; MFU is the
+achieved rate over the devices' summed peak. Memory is XLA's buffer
+assignment for one device and, on accelerators, the allocator's peak.
 """
 
 from __future__ import annotations
@@ -154,18 +158,24 @@ def lookup_peak(device_kind: str, dtype: str, override_tflops: float | None = No
     return Peak(None, f"unknown peak for {device_kind!r} (give --peak-tflops)")
 
 
+def _analysis(stage: Any, method: str) -> Any:
+    """``stage.<method>()``, the first program's where there are several; None if unavailable."""
+    try:
+        analysis = getattr(stage, method)()
+    except Exception:  # not every backend and jax version implements it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    return analysis
+
+
 def cost_analysis_flops(stage: Any) -> float | None:
     """``flops`` from a Lowered or Compiled stage's cost analysis; None when absent.
 
     Older jax returns a list with one dict per program, newer a dict; either
     may lack ``flops`` or report a non-positive count when it cannot tell.
     """
-    try:
-        analysis = stage.cost_analysis()
-    except Exception:  # not every backend and jax version implements it
-        return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
+    analysis = _analysis(stage, "cost_analysis")
     if not isinstance(analysis, dict):
         return None
     flops = analysis.get("flops")
@@ -234,12 +244,7 @@ class _Timings:
 
 def program_bytes(compiled: Any) -> int | None:
     """Device memory XLA assigned to a compiled program: arguments, outputs and temporaries."""
-    try:
-        analysis = compiled.memory_analysis()
-    except Exception:  # not every backend and jax version implements it
-        return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
+    analysis = _analysis(compiled, "memory_analysis")
     if analysis is None:
         return None
     total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
@@ -256,12 +261,24 @@ def device_peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
+def model_flops(make_step: Callable[[Config], Callable], cfg: Config, args: tuple
+                ) -> float | None:
+    """FLOPs of one device's step, from XLA's cost analysis of the unrolled program.
+
+    Counted before optimisation on the unscanned network whatever ``model.scan``
+    says: a scanned program's analysis counts a loop's body once, not once per
+    iteration. Lowering only; nothing is compiled.
+    """
+    unrolled = override(cfg, {"model.scan": "none"})
+    return cost_analysis_flops(make_step(unrolled).lower(*args))
+
+
 def _time_compiled(step: Callable, args: tuple, *, warmup: int, steps: int,
-                   carry_first: bool) -> _Timings:
+                   carry_first: bool, flops: float | None) -> _Timings:
     """Lowers and compiles ``step`` on ``args``, then times ``steps`` calls after ``warmup``.
 
     With ``carry_first`` the first output replaces the first argument between
-    calls (the donated train state).
+    calls (the donated train state). ``flops``: one device's FLOPs per call.
     """
     hits = cache_counts()["cache_hits"]
     t0 = time.perf_counter()
@@ -270,12 +287,7 @@ def _time_compiled(step: Callable, args: tuple, *, warmup: int, steps: int,
     compiled = lowered.compile()
     t2 = time.perf_counter()
     cache_hit = cache_counts()["cache_hits"] > hits
-    flops, source = cost_analysis_flops(compiled), "compiled"
-    if flops is None:
-        # The unoptimised HLO still counts the convolutions.
-        flops, source = cost_analysis_flops(lowered), "lowered"
-    if flops is None:
-        source = "unavailable"
+    source = "unrolled program before optimisation" if flops is not None else "unavailable"
 
     def run(n: int, args: tuple) -> tuple[tuple, Any]:
         out = None
@@ -398,10 +410,11 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
             state, schedule = create_train_state(cfg, variables, steps_per_epoch=1)
             state_r = replicate(state)
             del state
-            timings = _time_compiled(
-                make_train_step(cfg, schedule),
-                (state_r, data["images"], data["target"], data["target_weight"]),
-                warmup=warmup, steps=steps, carry_first=True)
+            args = (state_r, data["images"], data["target"], data["target_weight"])
+            flops = model_flops(lambda c, schedule=schedule: make_train_step(c, schedule), cfg,
+                                args)
+            timings = _time_compiled(make_train_step(cfg, schedule), args, warmup=warmup,
+                                     steps=steps, carry_first=True, flops=flops)
             del state_r  # donated; the loop's last state is dropped with it
             records.append(_record(step="train", timings=timings, **common))
             on_record(records[-1])
@@ -409,11 +422,11 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
             step_name = "eval+flip" if eval_flip else "eval"
             log(f"{name} {dtype} {step_name} step: compiling and timing")
             variables_r = replicate(variables)
-            timings = _time_compiled(
-                make_eval_step(cfg, flip_test=eval_flip),
-                (variables_r, data["images"], data["target"], data["target_weight"],
-                 data["center"], data["scale"], data["valid"]),
-                warmup=warmup, steps=steps, carry_first=False)
+            args = (variables_r, data["images"], data["target"], data["target_weight"],
+                    data["center"], data["scale"], data["valid"])
+            flops = model_flops(lambda c: make_eval_step(c, flip_test=eval_flip), cfg, args)
+            timings = _time_compiled(make_eval_step(cfg, flip_test=eval_flip), args,
+                                     warmup=warmup, steps=steps, carry_first=False, flops=flops)
             del variables_r
             records.append(_record(step=step_name, timings=timings, **common))
             on_record(records[-1])
@@ -446,7 +459,8 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
                     for r in records})
     lines.append("peak TFLOP/s per device (MFU = TFLOP/s / (peak x devices)): " + "; ".join(peaks))
     lines.append("compile s = trace and lower + XLA compile (* from the persistent cache); "
-                 "batch = per device x devices; FLOPs from XLA's cost analysis; GiB = XLA's "
+                 "batch = per device x devices; FLOPs from XLA's cost analysis of the unrolled "
+                 "program; GiB = XLA's "
                  "buffers for one device (arguments, outputs, temporaries); peak GiB = the "
                  "device allocator's peak so far in the process")
     return "\n".join(lines)

@@ -72,11 +72,15 @@ class Average:
 def train_line(epoch: int, index: int, steps_per_epoch: int, *, step_time: Average,
                data_time: Average, loss: Average, accuracy: Average, batch_size: int) -> str:
     """``Epoch: [e][i/n]  Time  Speed  Data  Loss  Accuracy``, the reference's columns."""
-    speed = batch_size / step_time.value if step_time.value > 0 else float("nan")
+    if step_time.weight:
+        speed = batch_size / step_time.value if step_time.value > 0 else float("nan")
+        timing = (f"Time {step_time.value:.3f}s ({step_time.mean:.3f}s)\t"
+                  f"Speed {speed:.1f} samples/s\t")
+    else:  # only the first step so far, whose time was its compilation's
+        timing = "Time (compiling)\tSpeed -\t"
     return (
         f"Epoch: [{epoch}][{index}/{steps_per_epoch}]\t"
-        f"Time {step_time.value:.3f}s ({step_time.mean:.3f}s)\t"
-        f"Speed {speed:.1f} samples/s\t"
+        f"{timing}"
         f"Data {data_time.value:.3f}s ({data_time.mean:.3f}s)\t"
         f"Loss {loss.value:.5f} ({loss.mean:.5f})\t"
         f"Accuracy {accuracy.value:.3f} ({accuracy.mean:.3f})"
