@@ -132,12 +132,14 @@ def test_get_final_preds_works_inside_jit():
 
 
 def test_center_without_batch_axis_raises_naming_b_2():
-    with pytest.raises(ValueError, match=r"center: expected shape \(B, 2\)"):
+    with pytest.raises(ValueError, match=r"center: expected shape \(B, 2\) = \(1, 2\) to go "
+                                         r"with heatmaps \(1, 1, 8, 8\), got \(2,\)"):
         get_final_preds(one_map((4, 4)), CENTER[0], SCALE)
 
 
 def test_scalar_scale_per_sample_raises_naming_b_2():
-    with pytest.raises(ValueError, match=r"scale: expected shape \(B, 2\)"):
+    with pytest.raises(ValueError, match=r"scale: expected shape \(B, 2\) = \(1, 2\) to go "
+                                         r"with heatmaps \(1, 1, 8, 8\), got \(1,\)"):
         get_final_preds(one_map((4, 4)), CENTER, SCALE[:, 0])
 
 
@@ -184,8 +186,32 @@ def test_flip_helpers_work_inside_jit():
 
 
 def test_flip_pair_out_of_range_raises():
-    with pytest.raises(ValueError, match="flip_pairs: pair"):
-        flip_back(np.zeros((1, 3, 2, 2), np.float32), ((0, 5),))
+    for pair in ((0, 5), (0, 3), (3, 0), (-1, 1)):
+        with pytest.raises(ValueError, match=r"flip_pairs: pair .* out of range for 3 joints"):
+            flip_back(np.zeros((1, 3, 2, 2), np.float32), (pair,))
+
+
+def test_a_flip_pair_may_name_its_joints_in_either_order_joint_0_included():
+    hm = np.arange(12, dtype=np.float32).reshape(1, 3, 2, 2)
+    np.testing.assert_array_equal(np.asarray(flip_back(hm, ((1, 0),))),
+                                  np.asarray(flip_back(hm, ((0, 1),))))
+    np.testing.assert_array_equal(np.asarray(flip_back(hm, ((2, 0),)))[0, 0], hm[0, 2, :, ::-1])
+
+
+def test_fuse_flip_shifts_by_default_as_the_reference_does():
+    flipped = np.array([[[[1.0, 2.0, 3.0, 4.0]]]], np.float32)
+    np.testing.assert_array_equal(np.asarray(fuse_flip(np.zeros_like(flipped), flipped, ())),
+                                  [[[[2.0, 2.0, 1.5, 1.0]]]])
+
+
+def test_flip_helpers_name_the_argument_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"heatmaps_flipped: expected a batch of heatmaps"):
+        flip_back(np.zeros((3, 2, 2), np.float32), ())
+    with pytest.raises(ValueError, match=r"^output: expected a batch of heatmaps"):
+        fuse_flip(np.zeros((3, 2, 2), np.float32), np.zeros((3, 2, 2), np.float32), ())
+    with pytest.raises(ValueError, match=r"output_flipped: expected the output's shape "
+                                         r"\(B, J, H, W\) = \(1, 2, 2, 2\), got \(1, 2, 2, 3\)"):
+        fuse_flip(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 3), np.float32), ())
 
 
 def test_final_preds_of_arrays_are_mapped_back_in_float64_and_rounded_once_to_float32():

@@ -51,6 +51,12 @@ def test_weight_multiplies_prediction_and_target_before_squaring():
     assert float(loss) == pytest.approx((0.125 + 0.125) / 2)
 
 
+def test_weight_scales_the_target_as_well_as_the_prediction():
+    # Prediction and target both 1 with w = 0.5: (0.5 * 1 - 0.5 * 1)^2 = 0 everywhere.
+    loss = joints_mse_loss(maps([ONES, ONES]), maps([ONES, ZERO]), weights([0.5, 1]))
+    assert float(loss) == pytest.approx(0.5 / 2)
+
+
 def test_use_target_weight_false_ignores_the_weights():
     loss = joints_mse_loss(maps([ONE_PIXEL, ONES]), maps([ZERO, ZERO]), weights([1, 0]),
                            use_target_weight=False)
@@ -137,3 +143,29 @@ def test_ohkm_topk_above_the_number_of_joints_raises():
     out = maps([ONE_PIXEL, ONES])
     with pytest.raises(ValueError, match=r"topk: expected 1 <= topk <= J = 2"):
         joints_ohkm_mse_loss(out, out, weights([1, 1]), topk=8)
+
+
+def test_ohkm_keeps_the_8_hardest_joints_by_default_as_the_reference():
+    # Ten joints, joint j off by j on every pixel: per-joint loss 0.5 j^2. The
+    # eight hardest are j = 2..9: 0.5 * (285 - 1) / 8 = 17.75.
+    out = np.array([[np.full((2, 2), j, np.float32) for j in range(10)]])
+    loss = joints_ohkm_mse_loss(out, np.zeros_like(out), np.ones((1, 10, 1), np.float32))
+    assert float(loss) == pytest.approx(17.75)
+
+
+def test_ohkm_topk_is_checked_against_the_joint_count_not_the_map_size():
+    # J = 2 joints on 3 x 3 maps: topk 3 is more joints than there are.
+    out = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"topk: expected 1 <= topk <= J = 2"):
+        joints_ohkm_mse_loss(out, out, np.ones((1, 2, 1), np.float32), topk=3)
+
+
+def test_the_channels_last_hint_is_given_only_when_the_weights_fit_channels_last_heatmaps():
+    heatmaps = np.zeros((1, 2, 4, 4), np.float32)
+    # (1, 3, 1) fits neither layout; (2, 4, 1) has J = W but another batch size.
+    for wrong in ((1, 3, 1), (2, 4, 1)):
+        with pytest.raises(ValueError, match=r"target_weight: expected shape") as info:
+            joints_mse_loss(heatmaps, heatmaps, np.ones(wrong, np.float32))
+        assert "channels-last" not in str(info.value)
+    with pytest.raises(ValueError, match="are the heatmaps channels-last"):
+        joints_mse_loss(heatmaps, heatmaps, np.ones((1, 4, 1), np.float32))

@@ -427,3 +427,26 @@ def test_scan_auto_leaves_the_network_unrolled_on_the_cpu_and_unknown_modes_are_
     assert scan_mode("all") == (True, True)
     with pytest.raises(ValueError, match=r"model\.scan: expected 'auto' or one of .*'blocks'"):
         build_model(_repeating_config("sometimes"))
+
+
+@pytest.mark.parametrize("scan", ["none", "all"])
+def test_in_bfloat16_every_convolution_forward_and_backward_runs_in_bfloat16(scan):
+    import re
+
+    model = build_model(_repeating_config(scan, "bfloat16"))
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)), train=False))
+
+    def loss(params, batch_stats, x):
+        out, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                             mutable=["batch_stats"])
+        return jnp.mean(out)
+
+    text = jax.jit(jax.grad(loss)).lower(
+        abstract["params"], abstract["batch_stats"],
+        jax.ShapeDtypeStruct((2, 3, 32, 32), jnp.float32)).as_text()
+    convolutions = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+    types = {re.search(r"\) -> tensor<[^>]*x(\w+)>", line).group(1) for line in convolutions}
+    operand_types = set(re.findall(r"tensor<[\dx]+x(\w+)>", "\n".join(convolutions)))
+    assert len(convolutions) > 60
+    assert types == operand_types == {"bf16"}
