@@ -59,7 +59,10 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "mpii"  # "mpii" or "synthetic" (MPII layout, generated)
+    # A dataset of hrnet_jax.data.registry: "mpii", "synthetic" (MPII layout,
+    # generated), "coco", "synthetic_coco" (COCO layout, generated), a
+    # registered name or "package.module:DatasetClass".
+    name: str = "mpii"
     root: str = "data/mpii"
     train_set: str = "train"
     test_set: str = "valid"
@@ -70,7 +73,7 @@ class DatasetConfig:
     prob_half_body: float = -1.0
     num_joints_half_body: int = 8
     color_rgb: bool = True
-    # The synthetic MPII-format set (name "synthetic"), generated once into root.
+    # The synthetic sets ("synthetic", "synthetic_coco"), generated once into root.
     synthetic_num_train: int = 4000
     synthetic_num_valid: int = 500
     synthetic_image_size: tuple[int, int] = (256, 256)  # (width, height)
@@ -104,13 +107,33 @@ class TrainConfig:
     keep_checkpoints: int = 3
 
 
+# Heatmap -> coordinate decoders (hrnet_jax.decode.heatmap_coords).
+DECODERS = ("argmax", "reference", "dark")
+
+
 @dataclasses.dataclass(frozen=True)
 class TestConfig:
     batch_size_per_device: int = 32
     flip_test: bool = True
-    post_process: bool = True
+    # Heatmap -> coordinates: "argmax", "reference" (the quarter-pixel shift; the
+    # reference's POST_PROCESS true) or "dark" (distribution-aware refinement).
+    decode: str = "reference"
+    blur_kernel: int = 11  # DARK's Gaussian modulation kernel (11 suits sigma 2)
     shift_heatmap: bool = True
     model_file: str = ""
+    # COCO-style evaluation (the reference's TEST section, values of its COCO experiments).
+    use_gt_bbox: bool = True  # False: the detections of coco_bbox_file
+    coco_bbox_file: str = ""  # relative: to the working directory, else to dataset.root
+    image_thre: float = 0.0  # detections scoring below this are dropped
+    in_vis_thre: float = 0.2  # joints scoring above this count in a person's score
+    oks_thre: float = 0.9  # OKS NMS threshold
+    soft_nms: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODERS:
+            raise ValueError(f"test.decode: expected one of {DECODERS}, got {self.decode!r}")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"test.blur_kernel: expected an odd size >= 1, got {self.blur_kernel}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +179,8 @@ def _coco(width: int) -> Config:
                               test_set="val2017", scale_factor=0.35, rot_factor=45.0,
                               prob_half_body=0.3, num_joints_half_body=8),
         train=TrainConfig(end_epoch=210, lr_step=(170, 200)),
+        test=TestConfig(coco_bbox_file=os.path.join(
+            "person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")),
     )
 
 
@@ -173,7 +198,29 @@ def _quickstart() -> Config:
                                     synthetic_num_train=2000, synthetic_num_valid=300),
         train=dataclasses.replace(base.train, batch_size_per_device=16, end_epoch=4,
                                   lr_step=(3,)),
-        test=dataclasses.replace(base.test, batch_size_per_device=32),
+        test=dataclasses.replace(base.test, batch_size_per_device=32, blur_kernel=5),
+        workers=0,
+        print_freq=25,
+    )
+
+
+def _quickstart_coco() -> Config:
+    """A small HRNet that learns the synthetic COCO-format set on a 2-core CPU in minutes."""
+    base = _coco(16)
+    model = dataclasses.replace(
+        base.model, image_size=(96, 128), heatmap_size=(24, 32), sigma=1.0,
+        stage3=StageConfig(1, 3, (2, 2, 2), _widths(16, 3)),
+        stage4=StageConfig(1, 4, (2, 2, 2, 2), _widths(16, 4)),
+    )
+    return dataclasses.replace(
+        base, model=model,
+        dataset=dataclasses.replace(base.dataset, name="synthetic_coco",
+                                    root="data/synthetic_coco", synthetic_num_train=1200,
+                                    synthetic_num_valid=200, synthetic_image_size=(320, 256)),
+        train=dataclasses.replace(base.train, batch_size_per_device=16, end_epoch=3,
+                                  lr_step=(2,)),
+        test=dataclasses.replace(base.test, batch_size_per_device=32, coco_bbox_file="",
+                                 blur_kernel=5),
         workers=0,
         print_freq=25,
     )
@@ -183,6 +230,7 @@ _PRESETS = {
     "hrnet_w32_coco": lambda: _coco(32),
     "hrnet_w48_coco": lambda: _coco(48),
     "hrnet_quickstart": _quickstart,
+    "hrnet_quickstart_coco": _quickstart_coco,
 }
 _WIDTH_PRESET = re.compile(r"^hrnet_w(\d+)(_coco)?$")
 
@@ -285,6 +333,10 @@ def override(cfg: Config, assignments: Sequence[str] | Mapping[str, Any]) -> Con
         else [_split_assignment(a) for a in assignments]
     )
     for key, value in items:
+        if key == "test.post_process":
+            # The reference's flag, kept as a spelling of test.decode.
+            key = "test.decode"
+            value = "reference" if _coerce(value, True, "test.post_process") else "argmax"
         cfg = _replace_path(cfg, key.split("."), value, key)
     return cfg
 
@@ -322,6 +374,9 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     """Inverse of :func:`to_dict`."""
 
     def build(cls, values):
+        if cls is TestConfig and "post_process" in values and "decode" not in values:
+            # Saved before test.decode replaced the reference's post_process flag.
+            values = {**values, "decode": "reference" if values["post_process"] else "argmax"}
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in values:
@@ -381,7 +436,14 @@ _YAML_FIELDS = {
     ("TRAIN", "GAMMA2"): "train.gamma2",
     ("TEST", "BATCH_SIZE_PER_GPU"): "test.batch_size_per_device",
     ("TEST", "FLIP_TEST"): "test.flip_test",
-    ("TEST", "POST_PROCESS"): "test.post_process",
+    ("TEST", "POST_PROCESS"): "test.post_process",  # true: decode "reference", false: "argmax"
+    ("TEST", "USE_GT_BBOX"): "test.use_gt_bbox",
+    ("TEST", "COCO_BBOX_FILE"): "test.coco_bbox_file",
+    ("TEST", "IMAGE_THRE"): "test.image_thre",
+    ("TEST", "IN_VIS_THRE"): "test.in_vis_thre",
+    ("TEST", "OKS_THRE"): "test.oks_thre",
+    ("TEST", "SOFT_NMS"): "test.soft_nms",
+    ("TEST", "BLUR_KERNEL"): "test.blur_kernel",  # DARK experiments (DarkPose)
     ("TEST", "SHIFT_HEATMAP"): "test.shift_heatmap",
     ("TEST", "MODEL_FILE"): "test.model_file",
     ("DEBUG", "DEBUG"): "debug",

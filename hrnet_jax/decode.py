@@ -1,35 +1,146 @@
 """From heatmaps to keypoints in the original image, and the flip test.
 
-All functions are jitted and free of loops over batch or joints. Called on
-concrete arrays, :func:`get_final_preds` maps its (B, J, 2) heatmap points back
-to the image in float64 on the host, as the reference does; inside ``jax.jit``
-that step runs in float32 on the device (within about 2e-4 px of it for
-coordinates up to a few thousand pixels).
+All functions are jitted and free of loops over batch or joints. Three decoders
+turn a heatmap into a point in heatmap pixels (:data:`DECODERS`, see
+:func:`heatmap_coords`): the integer argmax, the reference's quarter-pixel
+shift, and DARK's Taylor refinement. Called on concrete arrays,
+:func:`get_final_preds` maps its (B, J, 2) heatmap points back to the image in
+float64 on the host, as the reference does; inside ``jax.jit`` that step runs
+in float32 on the device (within about 2e-4 px of it for coordinates up to a
+few thousand pixels).
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from hrnet_jax.config import DECODERS
 from hrnet_jax.metrics import check_heatmaps, get_max_preds
 from hrnet_jax.transforms import transform_preds
 
 ArrayLike = Any
 FlipPairs = Sequence[Sequence[int]]
 
+# DECODERS, the heatmap decoders by name (defined with the configuration that
+# chooses one, test.decode): the integer argmax; the argmax moved a quarter
+# pixel towards the higher neighbour (the reference's post-processing); and
+# DARK (Zhang et al., CVPR 2020).
+__all__ = ["DECODERS", "heatmap_coords", "get_final_preds", "flip_back", "fuse_flip"]
+# The fixed kernels that cv2.getGaussianKernel(k, 0) returns for k up to 9 (in
+# the OpenCV this project requires, 4.9+), used by the DARK authors'
+# cv2.GaussianBlur(..., (k, k), 0); larger k get sampled Gaussians.
+_OPENCV_SMALL_KERNELS = {
+    1: (1.0,),
+    3: (1 / 4, 2 / 4, 1 / 4),
+    5: (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16),
+    7: (1 / 32, 3.5 / 32, 7 / 32, 9 / 32, 7 / 32, 3.5 / 32, 1 / 32),
+    9: (4 / 256, 13 / 256, 30 / 256, 51 / 256, 60 / 256, 51 / 256, 30 / 256, 13 / 256, 4 / 256),
+}
+# DARK's floor before the log: blurred values below it count as this.
+_DARK_LOG_FLOOR = 1e-10
 
-@functools.partial(jax.jit, static_argnames=("post_process",))
-def _heatmap_coords(heatmaps, post_process):
-    """Argmax coordinates in heatmap pixels, refined by a quarter pixel: (B, J, 2), (B, J, 1)."""
+
+def _check_decoder(decode: Any) -> str:
+    if not isinstance(decode, str) or decode not in DECODERS:
+        raise ValueError(f"decode: expected one of {DECODERS}, got {decode!r}")
+    return decode
+
+
+def _check_blur_kernel(blur_kernel: Any) -> int:
+    try:
+        size = operator.index(blur_kernel)
+    except TypeError:
+        size = None
+    if size is None or isinstance(blur_kernel, bool) or size < 1 or size % 2 == 0:
+        raise ValueError(f"blur_kernel: expected an odd kernel size >= 1 (11 for heatmaps of "
+                         f"sigma 2), got {blur_kernel!r}")
+    return size
+
+
+def _gaussian_taps(size: int) -> np.ndarray:
+    """OpenCV's 1-D Gaussian for ``size`` taps and no sigma given: (size,) float64, sum 1.
+
+    Sizes 1 to 9 use OpenCV's fixed tables (e.g. ``[1, 4, 6, 4, 1] / 16``);
+    larger sizes sample ``exp(-i^2 / (2 sigma^2))`` for ``i = -(size-1)/2 ..
+    (size-1)/2`` with ``sigma = 0.3 ((size - 1) / 2 - 1) + 0.8`` (2.0 for 11) and
+    normalise to sum 1, as ``cv2.getGaussianKernel(size, 0)`` does.
+    """
+    size = _check_blur_kernel(size)
+    if size in _OPENCV_SMALL_KERNELS:
+        taps = np.array(_OPENCV_SMALL_KERNELS[size], np.float64)
+    else:
+        sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+        offsets = np.arange(size, dtype=np.float64) - (size - 1) * 0.5
+        taps = np.exp(-0.5 / (sigma * sigma) * offsets * offsets)
+    return taps / taps.sum()
+
+
+def _gaussian_blur(maps, size):
+    """Zero-padded separable Gaussian blur of (B, J, H, W) float32 maps, same shape."""
+    b, j, h, w = maps.shape
+    taps = jnp.asarray(_gaussian_taps(size), jnp.float32)
+    radius = (size - 1) // 2
+    x = maps.reshape(b * j, 1, h, w)
+    # HIGHEST: the default may run float32 convolutions in TF32 on GPUs, whose
+    # 10-bit mantissa would show in the log-space derivatives.
+    for kernel, padding in ((taps.reshape(1, 1, 1, size), ((0, 0), (radius, radius))),
+                            (taps.reshape(1, 1, size, 1), ((radius, radius), (0, 0)))):
+        x = lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                     precision=lax.Precision.HIGHEST)
+    return x.reshape(b, j, h, w)
+
+
+def _dark_offsets(heatmaps, coords, blur_kernel):
+    """DARK's Newton step at each integer argmax: (B, J, 2) float32, zero where not refined."""
+    b, j, h, w = heatmaps.shape
+    maps = heatmaps.astype(jnp.float32)
+    blurred = _gaussian_blur(maps, blur_kernel)
+    original_max = jnp.max(maps, axis=(2, 3), keepdims=True)
+    blurred_max = jnp.max(blurred, axis=(2, 3), keepdims=True)
+    # The authors divide by the blurred maximum unguarded (NaN for an all-zero
+    # map); a zero maximum here keeps the blurred map as it is.
+    has_max = blurred_max != 0
+    ratio = jnp.where(has_max, original_max / jnp.where(has_max, blurred_max, 1.0), 1.0)
+    log_maps = jnp.log(jnp.maximum(blurred * ratio, _DARK_LOG_FLOOR))
+
+    px = coords[..., 0].astype(jnp.int32)
+    py = coords[..., 1].astype(jnp.int32)
+    # The authors' bounds, 1 < px < W - 2 and 1 < py < H - 2: the widest stencil
+    # reaches two pixels either way.
+    inside = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
+    steps = ((0, 0), (1, 0), (-1, 0), (2, 0), (-2, 0), (0, 1), (0, -1), (0, 2), (0, -2),
+             (1, 1), (-1, 1), (1, -1), (-1, -1))
+    flat_index = jnp.stack([(py + sy) * w + px + sx for sx, sy in steps], axis=-1)
+    values = jnp.take_along_axis(log_maps.reshape(b, j, h * w),
+                                 jnp.clip(flat_index, 0, h * w - 1), axis=-1)
+    f = {step: values[..., k] for k, step in enumerate(steps)}
+    dx = 0.5 * (f[1, 0] - f[-1, 0])
+    dy = 0.5 * (f[0, 1] - f[0, -1])
+    dxx = 0.25 * (f[2, 0] - 2 * f[0, 0] + f[-2, 0])
+    dyy = 0.25 * (f[0, 2] - 2 * f[0, 0] + f[0, -2])
+    dxy = 0.25 * (f[1, 1] - f[-1, 1] - f[1, -1] + f[-1, -1])
+    det = dxx * dyy - dxy * dxy
+    refine = inside & (det != 0)
+    det = jnp.where(refine, det, 1.0)
+    # -H^{-1} g with H^{-1} = [[dyy, -dxy], [-dxy, dxx]] / det.
+    offset = jnp.stack([(dxy * dy - dyy * dx) / det, (dxy * dx - dxx * dy) / det], axis=-1)
+    return jnp.where(refine[..., None], offset, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("decode", "blur_kernel"))
+def _heatmap_coords(heatmaps, decode, blur_kernel):
+    """Heatmap-pixel coordinates by ``decode``: (B, J, 2) float32, (B, J, 1)."""
     b, j, h, w = heatmaps.shape
     coords, maxvals = get_max_preds(heatmaps)
-    if post_process:
+    if decode == "reference":
         px = jnp.floor(coords[..., 0] + 0.5).astype(jnp.int32)
         py = jnp.floor(coords[..., 1] + 0.5).astype(jnp.int32)
         # The reference refines only where 1 < px < w - 1 and 1 < py < h - 1
@@ -42,25 +153,98 @@ def _heatmap_coords(heatmaps, post_process):
         vals = jnp.take_along_axis(flat, jnp.clip(neighbours, 0, h * w - 1), axis=-1)
         diff = jnp.stack([vals[..., 0] - vals[..., 1], vals[..., 2] - vals[..., 3]], axis=-1)
         coords = coords + jnp.where(inside[..., None], jnp.sign(diff) * 0.25, 0.0)
+    elif decode == "dark":
+        coords = coords + _dark_offsets(heatmaps, coords, blur_kernel)
     return coords, maxvals
 
 
+def heatmap_coords(
+    heatmaps: ArrayLike, decode: str = "reference", *, blur_kernel: int = 11
+) -> tuple[jax.Array, jax.Array]:
+    """Each heatmap's keypoint in heatmap pixels, by one of :data:`DECODERS`.
+
+    All start from the first integer argmax ``(px, py)`` of each map
+    (:func:`~hrnet_jax.metrics.get_max_preds`; ``(0, 0)`` where the maximum is
+    not positive) and differ in the sub-pixel refinement:
+
+    * ``"argmax"``: none.
+    * ``"reference"``: ``px += 0.25 sign(m[py, px+1] - m[py, px-1])`` and
+      ``py += 0.25 sign(m[py+1, px] - m[py-1, px])``, where ``1 < px < W - 1``
+      and ``1 < py < H - 1``. Off by up to a quarter pixel per axis: a peak
+      half-way between two pixels decodes 0.25 px from it.
+    * ``"dark"`` (Zhang et al., CVPR 2020, "Distribution-Aware Coordinate
+      Representation for Human Pose Estimation"), as the authors' code does it:
+
+      1. modulate: blur each map with the separable Gaussian that the
+         authors' ``cv2.GaussianBlur(m, (k, k), 0)`` uses for ``k =
+         blur_kernel`` taps (``sigma = 0.3 ((k - 1) / 2 - 1) + 0.8``, 2.0 for
+         11; OpenCV's fixed tables for k <= 9, e.g. ``[1, 4, 6, 4, 1] / 16``),
+         taking the map as zero outside (the authors pad it with
+         ``(k - 1) / 2`` zeros, so no tap reaches OpenCV's own border rule; no
+         edge replication), then rescale so each blurred map's maximum is the
+         original's;
+      2. ``L = log(max(blurred, 1e-10))``;
+      3. where ``1 < px < W - 2`` and ``1 < py < H - 2`` (the stencils reach two
+         pixels), with ``L`` read at offsets from ``(px, py)``::
+
+           g   = 0.5  * (L(1, 0) - L(-1, 0),  L(0, 1) - L(0, -1))
+           Lxx = 0.25 * (L(2, 0) - 2 L(0, 0) + L(-2, 0))
+           Lyy = 0.25 * (L(0, 2) - 2 L(0, 0) + L(0, -2))
+           Lxy = 0.25 * (L(1, 1) - L(-1, 1) - L(1, -1) + L(-1, -1))
+
+         and, where ``det = Lxx Lyy - Lxy^2 != 0``, a Newton step on the
+         log-likelihood: ``(px, py) += -[[Lxx, Lxy], [Lxy, Lyy]]^{-1} g``.
+
+      For a map whose blurred log is quadratic near the peak (a Gaussian) the
+      step lands on its centre: within 1e-3 px on sampled sigma-2 Gaussians
+      away from the border, where the quarter-pixel shift is off by up to
+      0.25 px per axis. Within about the blur radius of the border the zero
+      padding pulls the point inwards (a tenth to a third of a pixel for
+      sigma 2), as in the authors' code. The step is not clamped (as there
+      either): a nearly singular Hessian on a map that is not peaked may move
+      the point far.
+
+    ``maxvals`` are always the maxima of the unmodulated heatmaps, as the
+    authors return them.
+
+    Args:
+      heatmaps: (B, J, H, W).
+      decode: one of :data:`DECODERS`.
+      blur_kernel: odd Gaussian kernel size for ``"dark"`` (the authors'
+        ``TEST.BLUR_KERNEL``, 11 for heatmaps of sigma 2); checked always,
+        used only by ``"dark"``.
+
+    Returns:
+      ``(coords, maxvals)``: (B, J, 2) float32 as (x, y) in heatmap pixels, and
+      (B, J, 1) in the heatmaps' dtype.
+    """
+    check_heatmaps(heatmaps)
+    decode = _check_decoder(decode)
+    blur_kernel = _check_blur_kernel(blur_kernel)
+    return _heatmap_coords(jnp.asarray(heatmaps), decode,
+                           blur_kernel if decode == "dark" else 0)
+
+
 def get_final_preds(
-    heatmaps: ArrayLike, center: ArrayLike, scale: ArrayLike, post_process: bool = True
+    heatmaps: ArrayLike, center: ArrayLike, scale: ArrayLike, post_process: bool = True,
+    *, decode: str | None = None, blur_kernel: int = 11,
 ) -> tuple[jax.Array, jax.Array]:
     """Keypoints in original-image pixels from a batch of heatmaps.
 
-    Each heatmap's argmax (:func:`~hrnet_jax.metrics.get_max_preds`) is, with
-    ``post_process``, moved a quarter pixel towards its higher neighbour along
-    x and along y (where ``1 < px < W - 1`` and ``1 < py < H - 1``), then mapped
-    through the inverse of the crop transform of (center, scale, rotation 0,
-    heatmap size).
+    Each heatmap is decoded to a point in heatmap pixels by
+    :func:`heatmap_coords` (``decode`` if given; otherwise ``"reference"``, the
+    quarter-pixel shift, with ``post_process`` and ``"argmax"`` without), then
+    mapped through the inverse of the crop transform of (center, scale,
+    rotation 0, heatmap size).
 
     Args:
       heatmaps: (B, J, H, W).
       center: (B, 2) box centres (x, y) in image pixels.
       scale: (B, 2) box sizes in units of 200 px.
-      post_process: apply the quarter-pixel refinement.
+      post_process: apply the quarter-pixel refinement; ignored when
+        ``decode`` is given.
+      decode: one of :data:`DECODERS`, overriding ``post_process``.
+      blur_kernel: odd Gaussian kernel size for ``decode="dark"``.
 
     Returns:
       ``(preds, maxvals)``: (B, J, 2) float32 (x, y) in image pixels and
@@ -69,6 +253,10 @@ def get_final_preds(
       float32, as in the reference; under ``jax.jit`` it runs in float32.
     """
     b = check_heatmaps(heatmaps)[0]
+    if decode is None:
+        decode = "reference" if post_process else "argmax"
+    decode = _check_decoder(decode)
+    blur_kernel = _check_blur_kernel(blur_kernel)
     cs, ss = tuple(jnp.shape(center)), tuple(jnp.shape(scale))
     if cs != (b, 2):
         raise ValueError(f"center: expected shape (B, 2) = {(b, 2)} to go with heatmaps "
@@ -77,7 +265,7 @@ def get_final_preds(
         raise ValueError(f"scale: expected shape (B, 2) = {(b, 2)} to go with heatmaps "
                          f"{tuple(jnp.shape(heatmaps))}, got {ss}")
     h, w = jnp.shape(heatmaps)[2:]
-    coords, maxvals = _heatmap_coords(jnp.asarray(heatmaps), bool(post_process))
+    coords, maxvals = heatmap_coords(heatmaps, decode, blur_kernel=blur_kernel)
     try:
         # Concrete inputs: map back in float64 and round once to float32, as the
         # reference does (its centre and scale are float64). Only (B, J, 2)

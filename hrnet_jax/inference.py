@@ -21,6 +21,8 @@ import numpy as np
 from hrnet_jax import constants
 from hrnet_jax.config import Config
 from hrnet_jax.convert import check_variables
+from hrnet_jax.data.keypoints import SIDE_COLOURS, Keypoints
+from hrnet_jax.data.registry import dataset_keypoints
 from hrnet_jax.decode import fuse_flip, get_final_preds
 from hrnet_jax.model_file import load_model
 from hrnet_jax.models import build_model
@@ -167,8 +169,9 @@ class PoseEstimator:
       cfg: the configuration; required with variables, and when given with a
         directory it replaces the saved one.
       flip_test: average with the horizontally mirrored input (the reference's
-        ``TEST.FLIP_TEST``); ``cfg.test.shift_heatmap`` and
-        ``cfg.test.post_process`` are honoured.
+        ``TEST.FLIP_TEST``); ``cfg.test.shift_heatmap`` and ``cfg.test.decode``
+        are honoured, and the mirrored joints are paired by the flip pairs of
+        ``cfg.dataset.name`` (:attr:`joints`).
     """
 
     def __init__(self, checkpoint_or_variables: Any, cfg: Config | None = None, *,
@@ -188,11 +191,12 @@ class PoseEstimator:
         self.flip_test = bool(flip_test)
         self.image_size = tuple(int(v) for v in cfg.model.image_size)
         self.num_joints = cfg.model.num_joints
-        self.flip_pairs = (constants.flip_pairs_for(self.num_joints) if self.flip_test else ())
+        self.joints: Keypoints = dataset_keypoints(cfg)
+        self.flip_pairs = self.joints.flip_pairs if self.flip_test else ()
         self.variables = jax.device_put({"params": variables["params"],
                                          "batch_stats": variables["batch_stats"]})
         self._model = build_model(cfg)
-        self.post_process = bool(cfg.test.post_process)
+        self.decode = cfg.test.decode
         self._heatmaps = jax.jit(functools.partial(
             _predict_heatmaps, self._model, flip_test=self.flip_test,
             flip_pairs=tuple(tuple(p) for p in self.flip_pairs),
@@ -251,8 +255,8 @@ class PoseEstimator:
         heatmaps = self._heatmaps(self.variables, inputs)
         # Decoded outside the jitted network: the heatmap points come to the
         # host and are mapped back in float64, as the reference does.
-        preds, maxvals = get_final_preds(heatmaps, center, scale,
-                                         post_process=self.post_process)
+        preds, maxvals = get_final_preds(heatmaps, center, scale, decode=self.decode,
+                                         blur_kernel=self.cfg.test.blur_kernel)
         out = np.concatenate([np.asarray(preds), np.asarray(maxvals)], axis=-1)
         return out.astype(np.float32)[:n]
 
@@ -267,24 +271,18 @@ def _predict_heatmaps(model: Any, variables: Any, inputs: jax.Array, *, flip_tes
     return model.apply(variables, inputs, train=False)
 
 
-def _joint_side(name: str) -> str:
-    return "left" if name.startswith("l_") else "right" if name.startswith("r_") else "centre"
-
-
-# RGB: left limbs orange, right limbs blue, the midline green.
-_SIDE_COLOURS = {"left": (255, 128, 0), "right": (0, 128, 255), "centre": (0, 200, 0)}
-
-
-def draw_keypoints(image: np.ndarray, keypoints: Any, *, min_score: float = 0.0) -> np.ndarray:
+def draw_keypoints(image: np.ndarray, keypoints: Any, joints: Keypoints | None = None, *,
+                   min_score: float = 0.0) -> np.ndarray:
     """A copy of ``image`` with each person's joints and limbs drawn.
 
-    Limbs (the MPII skeleton for 16-joint models, points only otherwise) are
-    coloured by body side (left orange, right blue, centre green); each
-    joint's marker radius grows with its score.
+    Limbs are ``joints.skeleton`` (no limbs without ``joints``), coloured by
+    the person's side (left orange, right blue, midline green); each joint's
+    marker radius grows with its score.
 
     Args:
       image: (H, W, 3) uint8 RGB image.
       keypoints: (P, J, 3) x, y, score.
+      joints: the dataset's joints (e.g. ``PoseEstimator.joints``).
       min_score: joints scoring below this are not drawn.
 
     Returns:
@@ -295,25 +293,24 @@ def draw_keypoints(image: np.ndarray, keypoints: Any, *, min_score: float = 0.0)
     if keypoints.ndim != 3 or keypoints.shape[2] != 3:
         raise ValueError(f"keypoints: expected shape (P, J, 3), got {keypoints.shape}")
     j = keypoints.shape[1]
-    names = {constants.MPII_NUM_JOINTS: constants.MPII_JOINT_NAMES,
-             constants.COCO_NUM_JOINTS: constants.COCO_JOINT_NAMES}.get(j, ("",) * j)
-    skeleton = constants.MPII_SKELETON if j == constants.MPII_NUM_JOINTS else ()
+    if joints is not None and joints.num_joints != j:
+        raise ValueError(f"keypoints: {j} joints per person, but the joints given have "
+                         f"{joints.num_joints}")
+    skeleton = joints.skeleton if joints is not None else ()
     unit = max(1.0, max(canvas.shape[:2]) / 256.0)
     for person in keypoints:
         for a, b in skeleton:
             if min(person[a, 2], person[b, 2]) < min_score:
                 continue
-            sides = {_joint_side(names[a]), _joint_side(names[b])}
-            side = sides.pop() if len(sides) == 1 else "centre"
             pa = (int(round(person[a, 0])), int(round(person[a, 1])))
             pb = (int(round(person[b, 0])), int(round(person[b, 1])))
-            cv2.line(canvas, pa, pb, _SIDE_COLOURS[side], max(1, int(round(2 * unit))),
+            cv2.line(canvas, pa, pb, joints.limb_colour(a, b), max(1, int(round(2 * unit))),
                      cv2.LINE_AA)
         for k in range(j):
             x, y, score = person[k]
             if score < min_score:
                 continue
             radius = max(1, int(round(unit * (1.5 + 4.0 * float(np.clip(score, 0.0, 1.0))))))
-            cv2.circle(canvas, (int(round(x)), int(round(y))), radius,
-                       _SIDE_COLOURS[_joint_side(names[k])], -1, cv2.LINE_AA)
+            colour = joints.joint_colour(k) if joints is not None else SIDE_COLOURS["centre"]
+            cv2.circle(canvas, (int(round(x)), int(round(y))), radius, colour, -1, cv2.LINE_AA)
     return canvas

@@ -20,7 +20,6 @@ import sys
 
 import cv2
 
-from hrnet_jax import constants
 from hrnet_jax.inference import PoseEstimator, draw_keypoints, read_image
 from hrnet_jax.train.checkpoint import load_for_evaluation
 
@@ -58,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
               "an exported model", file=sys.stderr)
         return 2
     estimator = PoseEstimator(variables, cfg, flip_test=not args.no_flip)
-    j = estimator.num_joints
-    names = {constants.MPII_NUM_JOINTS: constants.MPII_JOINT_NAMES,
-             constants.COCO_NUM_JOINTS: constants.COCO_JOINT_NAMES}.get(j)
+    names = estimator.joints.joint_names
     os.makedirs(args.out, exist_ok=True)
     status = 0
     for path in args.images:
@@ -75,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "image": path,
             "boxes": args.box,
-            "joint_names": list(names) if names else None,
+            "joint_names": list(names),
             "keypoints": keypoints.round(3).tolist(),
         }
         json_path = os.path.join(args.out, f"{stem}.json")
         with open(json_path, "w") as f:
             json.dump(record, f, indent=1)
-        picture = draw_keypoints(image, keypoints, min_score=args.min_score)
+        picture = draw_keypoints(image, keypoints, estimator.joints, min_score=args.min_score)
         picture_path = os.path.join(args.out, f"{stem}_pose.png")
         cv2.imwrite(picture_path, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         print(f"{path}: {len(keypoints)} person(s) -> {json_path}, {picture_path}")

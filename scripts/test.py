@@ -1,11 +1,13 @@
-"""Evaluates a trained model on the MPII validation set with the flip test.
+"""Evaluates a trained model on its dataset's validation split with the flip test.
 
     python scripts/test.py --config hrnet_w32 --checkpoint PATH [--data-root DIR] [--out DIR]
+    python scripts/test.py --config hrnet_w32_coco --checkpoint PATH --detections FILE
 
 PATH is a training work directory (its best model, else its newest
 checkpoint), an exported or converted model, or one checkpoint directory.
-Prints the PCKh table and writes OUT/pred.mat (1-based (N, 16, 2)
-predictions, as the reference writes them) and OUT/results.json.
+Prints the dataset's table (MPII PCKh, COCO AP) and writes OUT/results.json
+with the dataset's prediction files: MPII OUT/pred.mat (1-based (N, 16, 2),
+as the reference writes it), COCO OUT/results/keypoints_<set>_results_0.json.
 """
 
 from __future__ import annotations
@@ -25,22 +27,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="work directory, exported model or checkpoint directory")
     parser.add_argument("--out", default=None, help="output directory (default: PATH/test)")
     parser.add_argument("--no-flip", action="store_true", help="disable the flip test")
+    parser.add_argument("--decode", choices=("argmax", "reference", "dark"), default=None,
+                        help="heatmap decoder (default test.decode: the reference's "
+                             "quarter-pixel shift)")
     parser.add_argument("--no-post-process", action="store_true",
-                        help="disable the quarter-pixel refinement")
+                        help="the reference's name for --decode argmax")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument("--detections", default=None, metavar="FILE",
+                       help="COCO-style datasets: test on these detected person boxes (COCO "
+                            "results JSON) instead of the ground-truth boxes")
+    boxes.add_argument("--gt-boxes", action="store_true",
+                       help="COCO-style datasets: test on the ground-truth boxes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     cli.enable_compilation_cache(args.compilation_cache)
+    from hrnet_jax.config import override
+    from hrnet_jax.data.registry import prepare_dataset
     from hrnet_jax.data.workers import WorkerError
-    from hrnet_jax.metrics import format_pckh_table
+    from hrnet_jax.metrics import format_table
     from hrnet_jax.train.checkpoint import load_for_evaluation
     from hrnet_jax.train.evaluate import validate, write_results
-    from hrnet_jax.train.loop import prepare_dataset
 
     try:
         cfg = cli.config_from_args(args)
+        if args.detections is not None:
+            cfg = override(cfg, {"test.use_gt_bbox": False,
+                                 "test.coco_bbox_file": args.detections})
+        elif args.gt_boxes:
+            cfg = override(cfg, {"test.use_gt_bbox": True})
+        decode = "argmax" if args.no_post_process else args.decode
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    out = args.out or os.path.join(args.checkpoint, "test")
     try:
         variables, saved, source = load_for_evaluation(args.checkpoint)
         if saved is not None:
@@ -50,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=> {source}")
         prepare_dataset(cfg)
         result = validate(cfg, variables, flip_test=False if args.no_flip else None,
-                          post_process=False if args.no_post_process else None,
-                          show_progress=not args.no_progress)
+                          decode=decode, output_dir=out, show_progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -59,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 4
     print(f"Test: Loss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
-    print(format_pckh_table(result.table, cfg.model.name))
-    out = args.out or os.path.join(args.checkpoint, "test")
-    mat, js = write_results(result, out, {
+    if result.table is not None:
+        print(format_table(result.table, cfg.model.name))
+    path = write_results(result, out, {
         "checkpoint": os.path.abspath(args.checkpoint), "source": source,
+        "dataset": cfg.dataset.name, "test_set": cfg.dataset.test_set,
         "flip_test": not args.no_flip and cfg.test.flip_test,
-        "post_process": not args.no_post_process and cfg.test.post_process})
-    print(f"=> {mat}\n=> {js}")
+        "decode": decode or cfg.test.decode,
+        "boxes": "ground truth" if cfg.test.use_gt_bbox else cfg.test.coco_bbox_file})
+    print(f"=> predictions and {path}")
     return 0
 
 

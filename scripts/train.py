@@ -1,10 +1,13 @@
 """Trains HRNet for top-down pose estimation; rerun the same command to resume.
 
     python scripts/train.py --config hrnet_w32 [--data-root data/mpii] [--workdir DIR]
+    python scripts/train.py --config hrnet_w32_coco --data-root data/coco
     python scripts/train.py --config hrnet_quickstart --dataset synthetic   # any machine
+    python scripts/train.py --config hrnet_quickstart_coco                  # any machine
 
-Validation (flip test, MPII PCKh table) runs after every epoch; the best
-model goes to WORKDIR/model_best and the last to WORKDIR/final_model, both
+Validation (flip test, the dataset's table: MPII PCKh, COCO AP) runs after
+every epoch; the model with the best headline score (MPII Mean, COCO AP)
+goes to WORKDIR/model_best and the last to WORKDIR/final_model, both
 loadable by scripts/test.py and scripts/predict.py.
 """
 
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.multihost:
         jax.distributed.initialize()
     from hrnet_jax.config import override
+    from hrnet_jax.data.registry import dataset_class
     from hrnet_jax.data.workers import WorkerError
     from hrnet_jax.train.loop import TrainingDiverged, train
 
@@ -53,11 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(cfg, workdir, max_steps=args.max_steps, pretrained=args.pretrained,
                        show_progress=not args.no_progress)
     except FileNotFoundError as e:
+        # The dataset's message says where its files go and which generated set
+        # runs the same code path without them.
         print(f"error: {e}", file=sys.stderr)
-        if cfg.dataset.name == "mpii":
-            print("Without MPII, try the synthetic MPII-format set through the same code path:\n"
-                  f"  python {sys.argv[0]} --config hrnet_quickstart --dataset synthetic",
-                  file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     best = "n/a" if result.best_perf is None else f"{result.best_perf:.3f}"
     where = os.path.relpath(result.workdir)
-    print(f"done: step {result.step}, best Mean PCKh {best}, models in "
+    headline = dataset_class(cfg.dataset.name).headline_metric
+    print(f"done: step {result.step}, best {headline} {best}, models in "
           f"{result.workdir if where.startswith('..') else where}")
     return 0
 

@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from hrnet_jax.constants import MPII_FLIP_PAIRS
+from hrnet_jax.data.mpii import MPII_KEYPOINTS
 from hrnet_jax.decode import flip_back, fuse_flip, get_final_preds
+
+MPII_FLIP_PAIRS = MPII_KEYPOINTS.flip_pairs
 
 CENTER = np.array([[100.0, 60.0]])
 SCALE = np.array([[0.16, 0.16]])

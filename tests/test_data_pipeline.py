@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from hrnet_jax.config import get_config, override
-from hrnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD, MPII_FLIP_PAIRS
+from hrnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
 from hrnet_jax.data import MPIIDataset, build_loader, ensure_synthetic_mpii
 from hrnet_jax.data.loader import BatchPlan
+from hrnet_jax.data.mpii import MPII_KEYPOINTS
 from hrnet_jax.data.sample import fliplr_joints
 
 RIGHT = (0, 1, 2, 10, 11, 12)
@@ -112,14 +113,14 @@ def test_flipping_joints_mirrors_x_swaps_pairs_and_undoes_itself():
     vis = np.ones((16, 3))
     vis[:, 2] = 0
     vis[4] = 0  # l_knee invisible
-    flipped, fvis = fliplr_joints(joints, vis, 100, MPII_FLIP_PAIRS)
+    flipped, fvis = fliplr_joints(joints, vis, 100, MPII_KEYPOINTS.flip_pairs)
     # r_ankle (0) takes l_ankle's x = 10 -> 100 - 10 - 1 = 89.
     assert flipped[0, 0] == 89.0 and flipped[0, 1] == 7.0
     # r_knee (1) takes the invisible l_knee: zeroed, and its visibility is 0.
     assert (flipped[1] == 0).all() and (fvis[1] == 0).all()
     # pelvis (6) has no pair: 100 - 12 - 1.
     assert flipped[6, 0] == 87.0
-    back, bvis = fliplr_joints(flipped, fvis, 100, MPII_FLIP_PAIRS)
+    back, bvis = fliplr_joints(flipped, fvis, 100, MPII_KEYPOINTS.flip_pairs)
     keep = vis[:, 0] > 0
     np.testing.assert_array_equal(back[keep, :2], joints[keep, :2])
     np.testing.assert_array_equal(bvis, vis)

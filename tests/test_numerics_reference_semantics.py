@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hrnet_jax import decode, losses, metrics, targets, transforms
-from hrnet_jax.constants import MPII_FLIP_PAIRS
+from hrnet_jax.data.mpii import MPII_KEYPOINTS
 
 # --------------------------------------------------------------------------- loop versions
 
@@ -222,15 +222,15 @@ def test_flip_back_matches_loop_version_on_mpii_pairs():
     rng = np.random.default_rng(6)
     hm = rng.normal(size=(2, 16, 4, 5)).astype(np.float32)
     want = np.empty_like(hm)
-    partner = {a: b for a, b in MPII_FLIP_PAIRS} | {b: a for a, b in MPII_FLIP_PAIRS}
+    partner = {a: b for a, b in MPII_KEYPOINTS.flip_pairs} | {b: a for a, b in MPII_KEYPOINTS.flip_pairs}
     for n in range(2):
         for k in range(16):
             for x in range(5):
                 want[n, k, :, x] = hm[n, partner.get(k, k), :, 4 - x]
-    np.testing.assert_array_equal(np.asarray(decode.flip_back(hm, MPII_FLIP_PAIRS)), want)
+    np.testing.assert_array_equal(np.asarray(decode.flip_back(hm, MPII_KEYPOINTS.flip_pairs)), want)
     shifted = want.copy()
     shifted[..., 1:] = want[..., :-1]
-    fused = decode.fuse_flip(hm, hm, MPII_FLIP_PAIRS, shift=True)
+    fused = decode.fuse_flip(hm, hm, MPII_KEYPOINTS.flip_pairs, shift=True)
     np.testing.assert_allclose(np.asarray(fused), (hm + shifted) * 0.5, rtol=1e-6)
 
 

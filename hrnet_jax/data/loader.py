@@ -1,4 +1,4 @@
-"""A parallel, deterministic, resumable batch loader over :class:`MPIIDataset`.
+"""A parallel, deterministic, resumable batch loader over a keypoint dataset.
 
 Every batch is a pure function of ``(seed, epoch, batch number, process)``:
 
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from hrnet_jax.data.mpii import MPIIDataset
+from hrnet_jax.data.base import JointsDataset
+from hrnet_jax.data.registry import build_dataset
 from hrnet_jax.data.workers import BatchWorkers
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def collate(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, An
 class MakeBatch:
     """Global batch number -> batch; picklable, runs in worker processes."""
 
-    def __init__(self, dataset: MPIIDataset, plan: BatchPlan) -> None:
+    def __init__(self, dataset: JointsDataset, plan: BatchPlan) -> None:
         self.dataset = dataset
         self.plan = plan
 
@@ -155,7 +156,7 @@ class Loader:
     they stop at the end of each epoch.
     """
 
-    def __init__(self, dataset: MPIIDataset, plan: BatchPlan, *, workers: int = 0,
+    def __init__(self, dataset: JointsDataset, plan: BatchPlan, *, workers: int = 0,
                  prefetch: int = 2, across_epochs: bool = True) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
@@ -273,7 +274,8 @@ def build_loader(
 ) -> Loader:
     """The loader for ``split`` ``'train'`` (``cfg.dataset.train_set``, augmented,
     remainder dropped) or ``'valid'`` (``cfg.dataset.test_set``, every record once in
-    dataset order, padded last batch) under ``cfg.dataset.root``.
+    dataset order, padded last batch) of the dataset ``cfg.dataset.name`` (see
+    :mod:`hrnet_jax.data.registry`) under ``cfg.dataset.root``.
 
     Args:
       cfg: a :class:`hrnet_jax.config.Config`.
@@ -292,12 +294,8 @@ def build_loader(
       A :class:`Loader` yielding ``(input (B, 3, H, W), target (B, J, h, w),
       target_weight (B, J, 1), meta)`` as NumPy arrays.
     """
-    if split not in ("train", "valid"):
-        raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
+    dataset = build_dataset(_with_seed(cfg, seed), split, skip_bad_images=skip_bad_images)
     is_train = split == "train"
-    image_set = cfg.dataset.train_set if is_train else cfg.dataset.test_set
-    dataset = MPIIDataset(cfg.dataset.root, image_set, is_train, _with_seed(cfg, seed),
-                          skip_bad_images=skip_bad_images)
     index, count = default_process(process_index, process_count)
     plan = BatchPlan(len(dataset), batch_size, seed=seed,
                      shuffle=is_train if shuffle is None else shuffle, drop_remainder=is_train,

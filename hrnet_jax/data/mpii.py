@@ -13,19 +13,34 @@ no joints. Records are converted as the reference does (see :func:`convert_recor
 
 from __future__ import annotations
 
+import collections
 import json
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 
-from hrnet_jax.constants import MPII_NUM_JOINTS
-from hrnet_jax.data.sample import AugmentParams, SampleSpec, make_sample
+from hrnet_jax.data.base import BadImageError, JointsDataset, read_image
+from hrnet_jax.data.keypoints import Keypoints
 
-logger = logging.getLogger(__name__)
+__all__ = ["MPII_KEYPOINTS", "MPIIDataset", "BadImageError", "read_image", "convert_record",
+           "load_records", "mpii_gt_path"]
+
+MPII_KEYPOINTS = Keypoints(
+    joint_names=(
+        "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+        "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder",
+        "l_elbow", "l_wrist",
+    ),
+    flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
+    upper_body_ids=(7, 8, 9, 10, 11, 12, 13, 14, 15),
+    skeleton=(
+        (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
+        (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
+    ),
+)
+MPII_NUM_JOINTS = MPII_KEYPOINTS.num_joints
 
 MPII_HELP = (
     "Expected the MPII layout:\n"
@@ -39,10 +54,6 @@ MPII_HELP = (
     "To try everything without MPII, use a generated MPII-format set: --dataset synthetic "
     "(scripts/make_synthetic_mpii.py)."
 )
-
-
-class BadImageError(ValueError):
-    """An image file that is missing, unreadable or not a decodable picture."""
 
 
 def annotation_path(root: str, image_set: str) -> str:
@@ -143,94 +154,40 @@ def load_records(root: str, image_set: str, num_joints: int = MPII_NUM_JOINTS) -
             for i, r in enumerate(raw)]
 
 
-def read_image(path: str) -> np.ndarray:
-    """The image as the reference reads it, in BGR order: (H, W, 3) uint8.
+class MPIIDataset(JointsDataset):
+    """MPII Human Pose: the records of ``ROOT/annot/<image_set>.json``, scored by PCKh.
 
-    Raises BadImageError naming the file when it is missing or cannot be decoded
-    (OpenCV itself returns None silently).
-    """
-    if not os.path.isfile(path):
-        raise BadImageError(f"image file {path!r} does not exist")
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None or image.size == 0:
-        raise BadImageError(f"image file {path!r} could not be read: it is empty, truncated or "
-                            "not an image")
-    return image
-
-
-class MPIIDataset:
-    """MPII records and the reference's per-sample transform.
-
-    ``ds[i]`` is ``(input (3, H, W) float32, target (J, h, w) float32,
-    target_weight (J, 1) float32, meta dict)``; in train mode the augmentation
-    draws from a generator seeded by ``(seed, epoch, i)`` (``ds.load(i, epoch)``),
-    so a sample is a pure function of its seed, epoch and index.
-
-    Args:
-      root: dataset root in the MPII layout.
-      image_set: annotation file name without ``.json``.
-      is_train: augment (scale, rotation, flip, half body) as the reference.
-      cfg: a :class:`hrnet_jax.config.Config` (model sizes, sigma, dataset factors, seed).
-      skip_bad_images: instead of raising on an unreadable image, warn and hand
-        back a sample with ``meta['valid'] = False`` (see :meth:`load`).
+    See :class:`~hrnet_jax.data.base.JointsDataset` for the samples and the
+    arguments. The evaluation is the reference's PCKh table against
+    ``ROOT/annot/gt_valid.mat`` (:func:`hrnet_jax.metrics.mpii_evaluate`), and
+    the best model is the one with the highest ``Mean``.
     """
 
-    def __init__(self, root: str, image_set: str, is_train: bool, cfg: Any, *,
-                 skip_bad_images: bool = False) -> None:
-        self.root = root
-        self.image_set = image_set
-        self.is_train = bool(is_train)
-        self.seed = int(cfg.seed)
-        self.skip_bad_images = bool(skip_bad_images)
-        self.spec = SampleSpec.from_config(cfg)
-        self.augment = AugmentParams.from_config(cfg) if self.is_train else None
-        self.db = load_records(root, image_set, self.spec.num_joints)
+    keypoints = MPII_KEYPOINTS
+    headline_metric = "Mean"
+    help = MPII_HELP
+    default_root = "data/mpii"
 
-    def __len__(self) -> int:
-        return len(self.db)
+    def load_records(self) -> list[dict[str, Any]]:
+        return load_records(self.root, self.image_set, self.spec.num_joints)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        return self.load(index, epoch=0)
+    def describe(self) -> str:
+        return annotation_path(self.root, self.image_set)
 
-    def rng(self, index: int, epoch: int) -> np.random.Generator:
-        """The augmentation generator of one sample: PCG64 seeded by (seed, epoch, index)."""
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-            [self.seed, int(epoch), int(index)])))
+    def evaluate(self, preds: np.ndarray, output_dir: str | None = None
+                 ) -> collections.OrderedDict[str, Any] | None:
+        """The PCKh table of ``preds`` (N, 16, 2 or 3); with ``output_dir``, also
+        ``pred.mat`` there: (N, 16, 2) 1-based (MATLAB) pixels, as the reference
+        writes it for MPII's evaluation toolkit. None for a split without
+        ground truth (a split named like ``test``, as in the reference)."""
+        from hrnet_jax.metrics import mpii_evaluate
 
-    def load(self, index: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Sample ``index`` as seen in ``epoch``; ``meta`` also has ``index`` and ``valid``.
+        if output_dir is not None:
+            import scipy.io
 
-        With ``skip_bad_images``, an unreadable image gives an all-zero input,
-        target and weight with ``meta['valid'] = False`` and a logged warning,
-        so a loader can leave it out and count it; otherwise BadImageError.
-        """
-        if not 0 <= index < len(self.db):
-            raise IndexError(f"index {index} out of range for {len(self.db)} records of "
-                             f"{annotation_path(self.root, self.image_set)}")
-        record = self.db[index]
-        try:
-            image = read_image(record["image"])
-        except BadImageError as e:
-            if not self.skip_bad_images:
-                raise
-            logger.warning("skipping record %d: %s", index, e)
-            return self._blank(record, index)
-        rng = self.rng(index, epoch) if self.is_train else None
-        input_, target, target_weight, meta = make_sample(image, record, self.spec, self.augment, rng)
-        meta["index"] = int(index)
-        meta["valid"] = True
-        return input_, target, target_weight, meta
-
-    def _blank(self, record: Mapping[str, Any], index: int):
-        w, h = self.spec.image_size
-        hw, hh = self.spec.heatmap_size
-        j = self.spec.num_joints
-        meta = {
-            "image": record["image"], "filename": record["filename"], "imgnum": record["imgnum"],
-            "joints": np.array(record["joints_3d"]), "joints_vis": np.array(record["joints_3d_vis"]),
-            "center": np.array(record["center"]), "scale": np.array(record["scale"]),
-            "rotation": 0.0, "score": 1.0, "index": int(index), "valid": False,
-        }
-        return (np.zeros((3, h, w), np.float32), np.zeros((j, hh, hw), np.float32),
-                np.zeros((j, 1), np.float32), meta)
-
+            os.makedirs(output_dir, exist_ok=True)
+            scipy.io.savemat(os.path.join(output_dir, "pred.mat"),
+                             {"preds": np.asarray(preds)[..., :2].astype(np.float64) + 1.0})
+        if "test" in self.image_set:
+            return None
+        return mpii_evaluate(np.asarray(preds), gt_valid_path(self.root))

@@ -26,13 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hrnet_jax.constants import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MPII_UPPER_BODY_IDS,
-    PIXEL_STD,
-    flip_pairs_for,
-)
+from hrnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD
 from hrnet_jax.targets import generate_target_np
 from hrnet_jax.transforms import affine_transform, get_affine_transform
 
@@ -42,7 +36,8 @@ _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
-    """Sizes of one sample: network input and heatmaps are (width, height)."""
+    """Sizes of one sample (network input and heatmaps are (width, height)) and the
+    joint pairs that swap when a sample is mirrored."""
 
     image_size: tuple[int, int]
     heatmap_size: tuple[int, int]
@@ -50,13 +45,15 @@ class SampleSpec:
     num_joints: int
     color_rgb: bool = True
     target_type: str = "gaussian"
+    flip_pairs: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> SampleSpec:
+    def from_config(cls, cfg: Any, flip_pairs: Sequence[tuple[int, int]] = ()) -> SampleSpec:
         return cls(tuple(int(v) for v in cfg.model.image_size),
                    tuple(int(v) for v in cfg.model.heatmap_size),
                    float(cfg.model.sigma), int(cfg.model.num_joints),
-                   bool(cfg.dataset.color_rgb), str(cfg.model.target_type))
+                   bool(cfg.dataset.color_rgb), str(cfg.model.target_type),
+                   tuple((int(a), int(b)) for a, b in flip_pairs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +65,14 @@ class AugmentParams:
     flip: bool = True
     prob_half_body: float = -1.0
     num_joints_half_body: int = 8
-    upper_body_ids: tuple[int, ...] = MPII_UPPER_BODY_IDS
+    upper_body_ids: tuple[int, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> AugmentParams:
+    def from_config(cls, cfg: Any, upper_body_ids: Sequence[int]) -> AugmentParams:
         d = cfg.dataset
         return cls(float(d.scale_factor), float(d.rot_factor), bool(d.flip),
-                   float(d.prob_half_body), int(d.num_joints_half_body))
+                   float(d.prob_half_body), int(d.num_joints_half_body),
+                   tuple(int(i) for i in upper_body_ids))
 
 
 def half_body_box(joints: np.ndarray, joints_vis: np.ndarray, upper_body_ids: Sequence[int],
@@ -206,8 +204,7 @@ def make_sample(image_bgr: np.ndarray, record: Mapping[str, Any], spec: SampleSp
         if flip:
             width = image_bgr.shape[1]
             image_bgr = image_bgr[:, ::-1]
-            joints, joints_vis = fliplr_joints(joints, joints_vis, width,
-                                               flip_pairs_for(spec.num_joints))
+            joints, joints_vis = fliplr_joints(joints, joints_vis, width, spec.flip_pairs)
             center = np.array(center, copy=True)
             center[0] = width - center[0] - 1
 

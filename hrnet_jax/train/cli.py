@@ -9,7 +9,6 @@ import os
 from hrnet_jax import config as config_lib
 from hrnet_jax.config import Config
 
-SYNTHETIC_ROOT = os.path.join("data", "synthetic_mpii")
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "hrnet_jax", "xla")
 
 
@@ -19,9 +18,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="hrnet_w32",
                         help="a preset (hrnet_w32, hrnet_w48, hrnet_quickstart, any hrnet_w<C>, "
                              "*_coco) or a reference-format experiment .yaml file")
-    parser.add_argument("--dataset", choices=("mpii", "synthetic"), default=None,
-                        help="'synthetic' generates (once) and uses an MPII-format synthetic "
-                             f"set in {SYNTHETIC_ROOT} unless --data-root says otherwise")
+    parser.add_argument("--dataset", default=None,
+                        help="mpii, coco, synthetic (an MPII-format set generated once into "
+                             "data/synthetic_mpii), synthetic_coco (a COCO-format one in "
+                             "data/synthetic_coco), a registered dataset or module:Class; the "
+                             "root is the dataset's default unless --data-root says otherwise")
     parser.add_argument("--data-root", default=None, help="dataset root (overrides the config)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per device, for training and validation")
@@ -45,7 +46,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cfg = config_lib.get_config(args.config)
     dataset = cfg.dataset
     if args.dataset is not None and args.dataset != dataset.name:
-        root = SYNTHETIC_ROOT if args.dataset == "synthetic" else "data/mpii"
+        from hrnet_jax.data.registry import dataset_class
+
+        root = dataset_class(args.dataset).default_root
         dataset = dataclasses.replace(dataset, name=args.dataset, root=root)
     if args.data_root is not None:
         dataset = dataclasses.replace(dataset, root=args.data_root)
@@ -65,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def default_workdir(args: argparse.Namespace, cfg: Config) -> str:
     """``output/<dataset>/<config name>``, as the reference lays out its outputs."""
     name = os.path.splitext(os.path.basename(args.config))[0]
-    return os.path.join("output", cfg.dataset.name, name)
+    return os.path.join("output", cfg.dataset.name.replace(":", "_"), name)
 
 
 def enable_compilation_cache(directory: str | None) -> None:

@@ -1,4 +1,4 @@
-"""Validation as the reference runs it: flip test, final predictions, the MPII PCKh table."""
+"""Validation as the reference runs it: flip test, final predictions, the dataset's table."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import Any
 
 import jax
 import numpy as np
-import scipy.io
 
 from hrnet_jax.config import Config
-from hrnet_jax.metrics import mpii_evaluate
 from hrnet_jax.train import logs
 from hrnet_jax.train.steps import shard
 
@@ -27,14 +25,26 @@ class Evaluation:
         pixels (0-based) and the heatmap maximum.
       loss: mean loss over the records.
       accuracy: PCK on heatmaps, weighted as the reference's meter.
-      table: ``mpii_evaluate``'s ordered dict (Head .. Mean, Mean@0.1, extras),
-        or None when no ground truth was given.
+      table: the dataset's ordered table (MPII: Head .. Mean, Mean@0.1, extras;
+        COCO: AP .. AR (L)), or None for a split without ground truth.
+      headline: the name of the table's entry that ranks models (MPII
+        ``Mean``, COCO ``AP``).
     """
 
     preds: np.ndarray
     loss: float
     accuracy: float
     table: dict[str, Any] | None
+    headline: str = "Mean"
+
+    @property
+    def score(self) -> float | None:
+        """The headline entry of the table (None without a table)."""
+        return None if self.table is None else float(self.table[self.headline])
+
+    def scalars(self) -> dict[str, float]:
+        """The table's scalar entries (curves and per-joint arrays left out)."""
+        return {k: float(v) for k, v in (self.table or {}).items() if np.ndim(v) == 0}
 
 
 def predict_dataset(eval_step: Callable, variables: Any, batches: Iterable, num_records: int,
@@ -97,23 +107,33 @@ def _collect(item, preds, filled, sums) -> None:
         sums[key] += float(np.asarray(host_sums[key])[0])
 
 
-def evaluate(eval_step: Callable, variables: Any, batches: Iterable, num_records: int,
-             num_joints: int, gt: Any | None, **kwargs: Any) -> Evaluation:
-    """:func:`predict_dataset`, then the MPII PCKh table against ``gt`` (gt_valid.mat)."""
-    preds, loss, accuracy = predict_dataset(eval_step, variables, batches, num_records,
-                                            num_joints, **kwargs)
-    table = mpii_evaluate(preds[..., :2], gt) if gt is not None else None
-    return Evaluation(preds=preds, loss=loss, accuracy=accuracy, table=table)
+def evaluate(eval_step: Callable, variables: Any, loader: Any, *,
+             output_dir: str | None = None, **kwargs: Any) -> Evaluation:
+    """:func:`predict_dataset` over ``loader``, then its dataset's evaluation.
+
+    ``loader.dataset`` scores the predictions (:meth:`~hrnet_jax.data.base.JointsDataset.evaluate`)
+    and, with ``output_dir``, writes its prediction files there (on the first
+    host only).
+    """
+    dataset = loader.dataset
+    preds, loss, accuracy = predict_dataset(eval_step, variables, loader, len(dataset),
+                                            dataset.spec.num_joints, **kwargs)
+    table = dataset.evaluate(preds, output_dir if jax.process_index() == 0 else None)
+    return Evaluation(preds=preds, loss=loss, accuracy=accuracy, table=table,
+                      headline=dataset.headline_metric)
 
 
 def validate(cfg: Config, variables: Any, *, flip_test: bool | None = None,
-             post_process: bool | None = None, show_progress: bool = True,
+             decode: str | None = None, post_process: bool | None = None,
+             output_dir: str | None = None, show_progress: bool = True,
              log: Callable[[str], None] | None = print) -> Evaluation:
     """Evaluates host ``variables`` on ``cfg``'s validation set (``dataset.test_set``).
 
-    The flip test and the quarter-pixel refinement follow ``cfg.test`` unless
-    given here. The PCKh table needs the split's ``gt_valid.mat``. ``log``
-    (None: silent) hears when the eval step compiles and how long it took.
+    The flip test and the decoder follow ``cfg.test`` unless given here
+    (``post_process=False`` is the reference's spelling of ``decode="argmax"``).
+    ``output_dir`` receives the dataset's prediction files (MPII ``pred.mat``,
+    COCO ``results/keypoints_<set>_results_0.json``). ``log`` (None: silent)
+    hears when the eval step compiles and how long it took.
     """
     from hrnet_jax import data as data_lib
     from hrnet_jax.train.compilation import announce_compilation, describe_step
@@ -121,33 +141,25 @@ def validate(cfg: Config, variables: Any, *, flip_test: bool | None = None,
 
     batch = cfg.test.batch_size_per_device * jax.local_device_count()
     eval_step = announce_compilation(
-        make_eval_step(cfg, flip_test=flip_test, post_process=post_process),
+        make_eval_step(cfg, flip_test=flip_test, decode=decode, post_process=post_process),
         describe_step("eval step", cfg, batch), log or (lambda line: None))
     variables_r = replicate({"params": variables["params"],
                              "batch_stats": variables["batch_stats"]})
     with data_lib.build_loader(cfg, "valid", batch_size=batch, seed=cfg.seed, shuffle=False,
                                workers=cfg.workers, prefetch=cfg.prefetch) as loader:
-        return evaluate(eval_step, variables_r, loader, loader.dataset_size,
-                        cfg.model.num_joints, data_lib.mpii_gt_path(cfg),
+        return evaluate(eval_step, variables_r, loader, output_dir=output_dir,
                         show_progress=show_progress, total_batches=len(loader))
 
 
 def write_results(result: Evaluation, out_dir: str | os.PathLike,
-                  info: dict[str, Any] | None = None) -> tuple[str, str]:
-    """Writes ``pred.mat`` and ``results.json`` into ``out_dir``; returns their paths.
-
-    ``pred.mat`` holds ``preds`` (N, J, 2): 1-based (MATLAB) pixel coordinates,
-    the form the reference writes for the MPII evaluation toolkit.
-    ``results.json`` holds the PCKh table (curve included), the loss, the
-    accuracy and ``info``.
-    """
+                  info: dict[str, Any] | None = None) -> str:
+    """Writes ``results.json`` into ``out_dir`` (the table, curves included, the loss,
+    the accuracy and ``info``); returns its path."""
     os.makedirs(out_dir, exist_ok=True)
-    mat_path = os.path.join(out_dir, "pred.mat")
-    scipy.io.savemat(mat_path, {"preds": result.preds[..., :2].astype(np.float64) + 1.0})
     table = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
              for k, v in (result.table or {}).items()}
     json_path = os.path.join(out_dir, "results.json")
     with open(json_path, "w") as f:
-        json.dump({"pckh": table, "loss": result.loss, "accuracy": result.accuracy,
-                   **(info or {})}, f, indent=2)
-    return mat_path, json_path
+        json.dump({"table": table, "headline": result.headline, "loss": result.loss,
+                   "accuracy": result.accuracy, **(info or {})}, f, indent=2)
+    return json_path

@@ -24,7 +24,8 @@ import numpy as np
 from hrnet_jax import config as config_lib
 from hrnet_jax import data as data_lib
 from hrnet_jax.config import Config
-from hrnet_jax.metrics import format_pckh_table
+from hrnet_jax.data.registry import dataset_class, prepare_dataset
+from hrnet_jax.metrics import format_table
 from hrnet_jax.model_file import save_model
 from hrnet_jax.train import logs
 from hrnet_jax.train.checkpoint import Checkpoints
@@ -44,9 +45,8 @@ from hrnet_jax.train.steps import (
 CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL_DIR = "model_best"
 FINAL_MODEL_DIR = "final_model"
-# PCKh columns written as scalars after each validation.
-_TABLE_SCALARS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean",
-                  "Mean@0.1")
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "prepare_dataset"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,19 +76,6 @@ def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
             yield queue.popleft()
     while queue:
         yield queue.popleft()
-
-
-def prepare_dataset(cfg: Config) -> str:
-    """Checks the dataset's kind; generates the synthetic set once. Returns its root."""
-    name = cfg.dataset.name.lower()
-    if name == "synthetic":
-        return data_lib.ensure_synthetic_mpii(
-            cfg.dataset.root, num_train=cfg.dataset.synthetic_num_train,
-            num_valid=cfg.dataset.synthetic_num_valid, seed=cfg.seed,
-            image_size=tuple(cfg.dataset.synthetic_image_size))
-    if name != "mpii":
-        raise ValueError(f"dataset.name: expected 'mpii' or 'synthetic', got {cfg.dataset.name!r}")
-    return cfg.dataset.root
 
 
 def _load_pretrained(cfg: Config, variables: dict, path: str, logger) -> dict:
@@ -228,8 +215,9 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
     """Trains (or resumes training) ``cfg`` in ``workdir``.
 
     Args:
-      cfg: the experiment. Its dataset must exist (MPII) or is generated once
-        (``dataset.name == 'synthetic'``).
+      cfg: the experiment. Its dataset (``dataset.name``, see
+        :mod:`hrnet_jax.data.registry`) must exist, or is generated once (the
+        synthetic sets).
       workdir: holds ``checkpoints/``, ``model_best/``, ``final_model/``,
         ``train.log``, ``metrics.jsonl`` and TensorBoard files.
       max_steps: stop after this many steps in all (counting those of the run
@@ -302,8 +290,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                                       describe_step("train step", cfg, train_batch), logger.info)
     eval_step = announce_compilation(make_eval_step(cfg),
                                      describe_step("eval step", cfg, valid_batch), logger.info)
-    gt_path = data_lib.mpii_gt_path(cfg)
-    num_valid = valid_loader.dataset_size
+    headline = dataset_class(cfg.dataset.name).headline_metric
     step = int(state.step)
     state_r = replicate(state)
     del state
@@ -315,20 +302,20 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
         """Validates ``state_r`` (statistics already synchronised); keeps the best model."""
         variables_r = {"params": state_r.params, "batch_stats": state_r.batch_stats}
         valid_loader.set_state({"epoch": 0, "batch": 0})
-        result = evaluate(eval_step, variables_r, valid_loader, num_valid, cfg.model.num_joints,
-                          gt_path, show_progress=show_progress,
-                          total_batches=len(valid_loader))
-        table = result.table
+        result = evaluate(eval_step, variables_r, valid_loader,
+                          output_dir=workdir if run.is_main else None,
+                          show_progress=show_progress, total_batches=len(valid_loader))
         logger.info(f"Test: step {step}\tLoss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
-        logger.info(format_pckh_table(table, cfg.model.name))
+        if result.table is not None:
+            logger.info(format_table(result.table, cfg.model.name))
         scalars.write(step, {"valid_loss": result.loss, "valid_acc": result.accuracy,
-                             **{f"valid_PCKh/{k}": table[k] for k in _TABLE_SCALARS}})
-        perf = float(table["Mean"])
-        if run.best_perf is None or perf > run.best_perf:
+                             **{f"valid/{k}": v for k, v in result.scalars().items()}})
+        perf = result.score
+        if perf is not None and (run.best_perf is None or perf > run.best_perf):
             run.best_perf, run.best_step = perf, step
             if run.is_main:
                 save_model(os.path.join(workdir, BEST_MODEL_DIR), unreplicate(variables_r), cfg)
-            logger.info(f"=> best so far: Mean PCKh {perf:.3f} at step {step}, "
+            logger.info(f"=> best so far: {headline} {perf:.3f} at step {step}, "
                         f"saved to {os.path.join(workdir, BEST_MODEL_DIR)}")
         return state_r, result
 

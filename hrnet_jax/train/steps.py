@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hrnet_jax import constants
 from hrnet_jax.config import Config
+from hrnet_jax.data.registry import dataset_keypoints
 from hrnet_jax.decode import fuse_flip, get_final_preds
 from hrnet_jax.losses import joints_mse_loss, joints_ohkm_mse_loss
 from hrnet_jax.metrics import pck_accuracy
@@ -84,7 +84,7 @@ def make_train_step(cfg: Config, schedule: optax.Schedule, *,
     return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
 
 
-def make_eval_step(cfg: Config, *, flip_test: bool | None = None,
+def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | None = None,
                    post_process: bool | None = None) -> Callable:
     """``step(variables, images, target, target_weight, center, scale, valid)``, pmap'd.
 
@@ -94,12 +94,16 @@ def make_eval_step(cfg: Config, *, flip_test: bool | None = None,
     per-sample ``preds`` (D, b, J, 2) in original-image pixels and ``maxvals``
     (D, b, J, 1); ``sums`` (replicated) ``loss_sum`` and ``count`` over valid
     samples and PCK's ``acc_sum`` and ``acc_count``. Padding (``valid`` False)
-    counts in neither.
+    counts in neither. Keypoints are decoded with ``decode`` (default
+    ``test.decode``; ``post_process=False`` is the reference's spelling of
+    ``"argmax"``), mirrored joints paired by the dataset's flip pairs.
     """
     model = build_model(cfg)
     flip = cfg.test.flip_test if flip_test is None else flip_test
-    post = cfg.test.post_process if post_process is None else post_process
-    flip_pairs = constants.flip_pairs_for(cfg.model.num_joints) if flip else ()
+    if decode is None:
+        decode = cfg.test.decode if post_process is None or post_process else "argmax"
+    flip_pairs = dataset_keypoints(cfg).flip_pairs if flip else ()
+    blur_kernel = int(cfg.test.blur_kernel)
     shift = bool(cfg.test.shift_heatmap)
     criterion = loss_fn(cfg)
 
@@ -111,7 +115,8 @@ def make_eval_step(cfg: Config, *, flip_test: bool | None = None,
         if flip:
             flipped = model.apply(variables, jnp.flip(images, axis=3), train=False)
             output = fuse_flip(output, flipped, flip_pairs, shift=shift)
-        preds, maxvals = get_final_preds(output, center, scale, post_process=post)
+        preds, maxvals = get_final_preds(output, center, scale, decode=decode,
+                                         blur_kernel=blur_kernel)
         mask = valid.astype(jnp.float32)
         losses = jax.vmap(per_sample_loss)(output, target, target_weight)
         # An all-zero target has no positive maximum, so PCK does not count it.

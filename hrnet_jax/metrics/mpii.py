@@ -1,10 +1,7 @@
-"""Heatmap argmax decoding, PCK accuracy during training, PCKh and the MPII table.
+"""MPII PCKh: the jitted :func:`pckh` and the reference's table, :func:`mpii_evaluate`.
 
-:func:`get_max_preds`, :func:`pck_accuracy` and :func:`pckh` are jitted and work
-inside other jitted code. Called on concrete arrays, :func:`pckh` computes in
-float64 on the host instead, so that errors exactly at the threshold count as
-in the reference, and :func:`pck_accuracy` forms its fractions and their mean
-from the jitted counts in float64, as the reference does. :func:`mpii_evaluate`
+Called on concrete arrays, :func:`pckh` computes in float64 on the host, so that
+errors exactly at the threshold count as in the reference. :func:`mpii_evaluate`
 reads MPII's ground truth on the host and computes in float64 with NumPy, as
 the reference does, so that its table matches published numbers to the last
 digit; it shares its formula with :func:`pckh`.
@@ -24,6 +21,7 @@ import numpy as np
 import scipy.io
 
 ArrayLike = Any
+
 
 # Joint names as stored in MPII's gt_valid.mat (``dataset_joints``).
 MPII_DATASET_JOINTS: tuple[str, ...] = (
@@ -49,162 +47,6 @@ _REFERENCE_AT_0_1 = 11
 _TRUE_AT_0_1 = 10
 TRUE_MEAN_AT_0_1_KEY = "Mean@0.1(true)"
 
-
-# Heatmaps given channels-last are at least this many pixels on a side in
-# practice (a 128-pixel input); joints rarely reach that number.
-_MIN_CHANNELS_LAST_SIDE = 32
-
-
-def check_heatmaps(heatmaps: ArrayLike, name: str = "heatmaps") -> tuple[int, int, int, int]:
-    """Raises ValueError unless ``heatmaps`` is (B, J, H, W); returns the shape.
-
-    Channels-last input (B, H, W, J) is recognised where the shape gives it
-    away: dims 1 and 2 equal, at least 32, and the last at most half of them,
-    e.g. (48, 64, 64, 16). Smaller or less lopsided shapes such as
-    (B, 16, 16, 12) or (B, 8, 8, 4) are ambiguous and taken as channels first,
-    as the reference takes every 4-d array.
-    """
-    shape = tuple(jnp.shape(heatmaps))
-    if len(shape) == 3:
-        raise ValueError(
-            f"{name}: expected a batch of heatmaps of shape (B, J, H, W), got {shape} "
-            "(add a leading batch axis for a single sample)"
-        )
-    if len(shape) != 4:
-        raise ValueError(f"{name}: expected heatmaps of shape (B, J, H, W), got {shape}")
-    if shape[1] == shape[2] >= _MIN_CHANNELS_LAST_SIDE and 2 * shape[3] <= shape[1]:
-        raise ValueError(
-            f"{name}: expected heatmaps of shape (B, J, H, W) (channels first), got {shape}, "
-            f"which looks channels-last (B, H, W, J); transpose with (0, 3, 1, 2)"
-        )
-    return shape  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- argmax
-
-
-def _first_index(values, target, axis_size):
-    """Index of the first entry of the last axis equal to ``target`` (..., 1); clipped."""
-    iota = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
-    first = jnp.min(jnp.where(values == target, iota, axis_size), axis=-1)
-    return jnp.minimum(first, axis_size - 1)
-
-
-@jax.jit
-def _max_preds(heatmaps):
-    _, _, h, w = heatmaps.shape
-    # The first flat argmax, found as the first row holding the maximum, then the
-    # first column of that row holding it: the same index as jnp.argmax over
-    # H * W (ties go to the lowest index), but plain max/min reductions, which
-    # XLA runs about 20 times faster than a variadic argmax reduction on CPU.
-    row_max = jnp.max(heatmaps, axis=-1)  # (B, J, H)
-    maxvals = jnp.max(row_max, axis=-1, keepdims=True)  # (B, J, 1)
-    y = _first_index(row_max, maxvals, h)
-    row = jnp.take_along_axis(heatmaps, y[..., None, None], axis=2)[..., 0, :]  # (B, J, W)
-    x = _first_index(row, maxvals, w)
-    coords = jnp.stack([x, y], axis=-1).astype(jnp.float32)
-    coords = jnp.where(maxvals > 0, coords, 0.0)
-    return coords, maxvals
-
-
-def get_max_preds(heatmaps: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """Location and value of each heatmap's maximum.
-
-    ``x = idx % W``, ``y = floor(idx / W)`` for ``idx`` the first flat argmax;
-    both are 0 where the maximum is not positive.
-
-    Args:
-      heatmaps: (B, J, H, W).
-
-    Returns:
-      ``(preds, maxvals)``: (B, J, 2) float32 as (x, y), and (B, J, 1) in the
-      heatmaps' dtype.
-    """
-    check_heatmaps(heatmaps)
-    return _max_preds(heatmaps)
-
-
-# --------------------------------------------------------------------------- PCK
-
-
-@jax.jit
-def _pck_counts(output, target, thr):
-    """Per joint: samples within ``thr`` and samples counted, (J,) int32 each; and the preds."""
-    _, _, h, w = output.shape
-    pred, _ = _max_preds(output)
-    gt, _ = _max_preds(target)
-    # The reference normalises x by h / 10 and y by w / 10 (sic).
-    norm = jnp.array([h, w], jnp.float32) / 10
-    counted = (gt[..., 0] > 1) & (gt[..., 1] > 1)  # (B, J)
-    dists = jnp.linalg.norm((pred - gt) / norm, axis=-1)
-    hits = jnp.sum(counted & (dists < thr), axis=0, dtype=jnp.int32)
-    num_counted = jnp.sum(counted, axis=0, dtype=jnp.int32)
-    return hits, num_counted, pred
-
-
-def _pck_summary(xp: ModuleType, hits, num_counted, dtype):
-    """(acc (J + 1,), avg_acc, cnt) from per-joint counts, computed in ``dtype``."""
-    per_joint = xp.where(num_counted > 0, hits.astype(dtype) / xp.maximum(num_counted, 1),
-                         dtype(-1.0)).astype(dtype)
-    has = num_counted > 0
-    cnt = xp.sum(has)
-    # The reference adds the joints' accuracies one after another: a running sum.
-    total = xp.cumsum(xp.where(has, per_joint, dtype(0.0)))[-1]
-    avg_acc = xp.where(cnt > 0, total / xp.maximum(cnt, 1), dtype(0.0)).astype(dtype)
-    acc = xp.concatenate([avg_acc[None], per_joint]).astype(dtype)
-    return acc, avg_acc, cnt
-
-
-def pck_accuracy(
-    output: ArrayLike, target: ArrayLike, thr: float = 0.5
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """PCK between the argmaxes of predicted and target heatmaps (the reference's ``accuracy``).
-
-    Predicted and "ground-truth" points are :func:`get_max_preds` of ``output``
-    and ``target``. Distances are normalised by ``(H / 10, W / 10)`` for
-    ``(x, y)``: the reference pairs the height with x, and so do we. A (sample,
-    joint) is counted only where the target point has x > 1 and y > 1.
-
-    ``thr`` is honoured here; the reference's ``accuracy`` accepts a ``thr``
-    but never passes it on, so it always measures at 0.5. The two agree at the
-    default.
-
-    Distances and counts are computed jitted; called on concrete arrays, the
-    per-joint fractions and their mean are then formed in float64 (the
-    reference's arithmetic) and rounded once to float32. Inside ``jax.jit`` they
-    are formed in float32 (the mean within about 2e-7 relative).
-
-    Args:
-      output: (B, J, H, W) predicted heatmaps.
-      target: (B, J, H, W) target heatmaps.
-      thr: normalised distance below which a prediction is correct.
-
-    Returns:
-      ``(acc, avg_acc, cnt, pred)``: ``acc`` (J + 1,) float32 with ``acc[1 + j]``
-      the fraction of counted samples of joint j within ``thr`` (-1 if none is
-      counted) and ``acc[0] = avg_acc``, the mean over joints with ``acc >= 0``
-      (0 if there are none); ``cnt`` the int32 number of such joints; ``pred``
-      (B, J, 2) the predicted (x, y) in heatmap pixels.
-    """
-    shape = check_heatmaps(output, "output")
-    target_shape = tuple(jnp.shape(target))
-    if target_shape != shape:
-        raise ValueError(f"target: expected the output's shape (B, J, H, W) = {shape}, "
-                         f"got {target_shape}")
-    hits, num_counted, pred = _pck_counts(output, target, thr)
-    try:
-        hits, num_counted = np.asarray(hits), np.asarray(num_counted)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        acc, avg_acc, cnt = _pck_summary(jnp, hits, num_counted, jnp.float32)
-        return acc, avg_acc, cnt.astype(jnp.int32), pred
-    # Concrete inputs: the fractions and their mean in float64 as the reference,
-    # rounded once to float32 (a float32 running mean can be 2 ulps off).
-    acc, avg_acc, cnt = _pck_summary(np, hits, num_counted, np.float64)
-    return (jnp.asarray(acc, jnp.float32), jnp.asarray(avg_acc, jnp.float32),
-            jnp.asarray(cnt, jnp.int32), pred)
-
-
-# --------------------------------------------------------------------------- PCKh
 
 
 def _scaled_errors(xp: ModuleType, pred, gt, headboxes, visible, sc_bias):
@@ -423,25 +265,3 @@ def mpii_evaluate(
     results["PCKh curve"] = np.array([mean(row) for row in curve])
     results["PCKh per joint"] = at_half
     return results
-
-
-def format_pckh_table(results: Mapping[str, Any], arch: str = "pose_hrnet") -> str:
-    """The table as the reference logs it: a header row, a rule, a row of values.
-
-    Only scalar entries are printed (the curve and per-joint extras of
-    :func:`mpii_evaluate` are skipped); values with 3 decimals. Architecture
-    names longer than 15 characters are shortened as in the reference.
-
-    Example::
-
-      | Arch | Head | Shoulder | ... | Mean | Mean@0.1 | Mean@0.1(true) |
-      |---|---|---|...|---|
-      | pose_hrnet | 97.101 | 95.941 | ... | 90.330 | 38.110 | 33.012 |
-    """
-    scalars = [(k, v) for k, v in results.items() if np.ndim(v) == 0]
-    if len(arch) > 15:
-        arch = arch[:8] + "..."
-    header = "| Arch " + " ".join(f"| {name}" for name, _ in scalars) + " |"
-    rule = "|---" * (len(scalars) + 1) + "|"
-    row = "| " + arch + " " + " ".join(f"| {float(v):.3f}" for _, v in scalars) + " |"
-    return "\n".join([header, rule, row])
