@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -172,10 +172,15 @@ class PoseEstimator:
         ``TEST.FLIP_TEST``); ``cfg.test.shift_heatmap`` and ``cfg.test.decode``
         are honoured, and the mirrored joints are paired by the flip pairs of
         ``cfg.dataset.name`` (:attr:`joints`).
+      heatmaps_fn: computes the heatmaps instead of the JAX network, e.g. an
+        exported model (:func:`hrnet_jax.export.load_onnx`): (N, 3, H, W)
+        float32 inputs -> (N, J, H/4, W/4) heatmaps, the flip test already
+        fused in when ``flip_test``.
     """
 
     def __init__(self, checkpoint_or_variables: Any, cfg: Config | None = None, *,
-                 flip_test: bool = True) -> None:
+                 flip_test: bool = True,
+                 heatmaps_fn: Callable[[np.ndarray], Any] | None = None) -> None:
         if isinstance(checkpoint_or_variables, (str, os.PathLike)):
             variables, saved_cfg = load_model(checkpoint_or_variables)
             cfg = cfg if cfg is not None else saved_cfg
@@ -197,10 +202,11 @@ class PoseEstimator:
                                          "batch_stats": variables["batch_stats"]})
         self._model = build_model(cfg)
         self.decode = cfg.test.decode
-        self._heatmaps = jax.jit(functools.partial(
+        network = jax.jit(functools.partial(
             _predict_heatmaps, self._model, flip_test=self.flip_test,
             flip_pairs=tuple(tuple(p) for p in self.flip_pairs),
             shift=bool(cfg.test.shift_heatmap)))
+        self._heatmaps = heatmaps_fn or functools.partial(network, self.variables)
 
     def __call__(self, image: Any, boxes: Any = None) -> np.ndarray:
         """Keypoints of each boxed person.
@@ -214,7 +220,12 @@ class PoseEstimator:
         Returns:
           (P, J, 3) float32: x, y in image pixels and the heatmap maximum as score.
         """
-        rgb = read_image(image)
+        return self.predict_crops(*self.crops(read_image(image), boxes))
+
+    def crops(self, rgb: np.ndarray, boxes: Any = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network inputs of an (H, W, 3) uint8 RGB image's boxes (as :meth:`__call__`
+        takes them): ``(inputs (P, 3, height, width), center (P, 2), scale (P, 2))``."""
         if boxes is None:
             h, w = rgb.shape[:2]
             center, scale = box_to_center_scale([[0, 0, w, h]], self.image_size, padding=1.0)
@@ -223,7 +234,7 @@ class PoseEstimator:
                                                 self.image_size)
         pixels = rgb if self.cfg.dataset.color_rgb else rgb[..., ::-1]
         inputs = crop_inputs(np.ascontiguousarray(pixels), center, scale, self.image_size)
-        return self.predict_crops(inputs, center, scale)
+        return inputs, center, scale
 
     def predict_crops(self, inputs: Any, center: Any, scale: Any) -> np.ndarray:
         """Keypoints from already cropped and normalised inputs.
@@ -252,7 +263,7 @@ class PoseEstimator:
             inputs = np.concatenate([inputs, np.repeat(inputs[:1] * 0, pad, axis=0)])
             center = np.concatenate([center, np.repeat(center[:1], pad, axis=0)])
             scale = np.concatenate([scale, np.repeat(scale[:1], pad, axis=0)])
-        heatmaps = self._heatmaps(self.variables, inputs)
+        heatmaps = self._heatmaps(inputs)
         # Decoded outside the jitted network: the heatmap points come to the
         # host and are mapped back in float64, as the reference does.
         preds, maxvals = get_final_preds(heatmaps, center, scale, decode=self.decode,

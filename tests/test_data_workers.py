@@ -183,6 +183,17 @@ def test_a_worker_that_exits_is_reported_with_its_exit_code():
     assert shm_blocks(pool) == []
 
 
+def test_a_worker_found_dead_when_it_is_sent_more_names_the_batch_it_died_on():
+    # Worker 1 builds batches 1, 3, 5, ...; it exits on 3. A slow consumer finds it dead
+    # only when sending it batch 5, after taking batch 1: the error still names batch 3.
+    pool = BatchWorkers(FailAt(3, "exit"), workers=2, prefetch=2, start=0, stop=10)
+    with pytest.raises(WorkerDiedError, match=r"data worker 1 \(pid \d+\) exited with code 3 "
+                                              r"before delivering batch 3"):
+        for _ in pool:
+            time.sleep(1.0)
+    assert shm_blocks(pool) == []
+
+
 def test_an_exception_in_a_worker_is_raised_again_with_its_type_worker_and_batch():
     pool = BatchWorkers(FailAt(2, "raise"), workers=2, prefetch=2, start=0, stop=10)
     got = []

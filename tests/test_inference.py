@@ -14,8 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import (  # noqa: I001  (shared with the video tests)
+    BLUE,
+    CHANNEL_OF_JOINT,
+    GREEN,
+    LEFT_JOINTS,
+    MIDLINE_JOINTS,
+    OFFSET,
+    RED,
+    RIGHT_JOINTS,
+)
+from conftest import colour_reading_variables as _colour_reading_variables
+from conftest import heat as _heat
+from conftest import small_estimator_config as _tiny_config
 from hrnet_jax import model_file
-from hrnet_jax.config import StageConfig, get_config, override
+from hrnet_jax.config import get_config, override
 from hrnet_jax.convert import torch_state_dict_to_variables, variables_to_torch_state_dict
 from hrnet_jax.inference import (
     PoseEstimator,
@@ -29,17 +42,6 @@ from hrnet_jax.models import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCORE = 0.5
-
-
-def _tiny_config(image_size=(64, 64)):
-    cfg = get_config("hrnet_w8")
-    model = dataclasses.replace(
-        cfg.model, image_size=image_size, heatmap_size=(image_size[0] // 4, image_size[1] // 4),
-        stage2=StageConfig(1, 2, (1, 1), (8, 16)),
-        stage3=StageConfig(1, 3, (1, 1, 1), (8, 16, 32)),
-        stage4=StageConfig(1, 4, (1, 1, 1, 1), (8, 16, 32, 64)),
-    )
-    return dataclasses.replace(cfg, model=model)
 
 
 def _flat_output_variables(cfg, seed=0):
@@ -153,65 +155,6 @@ def test_real_network_outputs_keep_keypoints_inside_the_padded_box():
 
 
 # --------------------------------------------------------------------------- image-dependent heatmaps
-
-# A hand-set network whose heatmaps are colour channels of the crop: right joints
-# read red, left joints green, the midline blue, so that where a colour lies in
-# the image decides where each joint lands, and the flip test's mirroring, pair
-# swapping and column shift each move a joint.
-RED, GREEN, BLUE = 0, 1, 2
-RIGHT_JOINTS = (0, 1, 2, 10, 11, 12)
-LEFT_JOINTS = (3, 4, 5, 13, 14, 15)
-MIDLINE_JOINTS = (6, 7, 8, 9)
-CHANNEL_OF_JOINT = tuple(RED if j in RIGHT_JOINTS else GREEN if j in LEFT_JOINTS else BLUE
-                         for j in range(16))
-# Added to the normalised colours so that no ReLU clips them (they are > -2.2).
-OFFSET = 3.0
-
-
-def _heat(value, channel):
-    """Heatmap value of a pixel whose ``channel`` is ``value`` (0..255): ImageNet-normalised + OFFSET."""
-    mean = (0.485, 0.456, 0.406)[channel]
-    std = (0.229, 0.224, 0.225)[channel]
-    return (value / 255 - mean) / std + OFFSET
-
-
-def _colour_reading_variables(cfg):
-    """Variables for which heatmap j at (v, u) is crop pixel (4v, 4u), channel CHANNEL_OF_JOINT[j], + OFFSET.
-
-    conv1 and conv2 (3x3, stride 2) copy the colour channels with their centre
-    tap, so heatmap pixel (v, u) reads crop pixel (4v, 4u); bn1 adds OFFSET;
-    every other BatchNorm is the identity (scale 1, bias 0, mean 0, variance
-    1 - 1e-5, which epsilon 1e-5 makes 1); residual branches and the fuse terms
-    from other branches have zero kernels, so every block and module passes
-    branch 0 through; layer1's first shortcut and transition1 copy the colour
-    channels; the final layer picks one channel per joint.
-    """
-    model = build_model(cfg)
-    w, h = cfg.model.image_size
-    abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, h, w)), train=False))
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "scale":
-            return np.ones(leaf.shape, np.float32)
-        if name == "var":
-            return np.full(leaf.shape, 1 - 1e-5, np.float32)
-        return np.zeros(leaf.shape, np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(fill, abstract)
-    params = variables["params"]
-    for copier in (params["conv1"], params["conv2"], params["layer1_0"]["downsample_0"],
-                   params["transition1_0_0"]):
-        kernel = copier["kernel"]  # (kH, kW, in, out)
-        centre = kernel.shape[0] // 2
-        for c in (RED, GREEN, BLUE):
-            kernel[centre, centre, c, c] = 1.0
-    params["bn1"]["bias"][:3] = OFFSET
-    for joint, channel in enumerate(CHANNEL_OF_JOINT):
-        params["final_layer"]["kernel"][0, 0, channel, joint] = 1.0
-    return variables
-
 
 @pytest.fixture(scope="module")
 def colour_net():

@@ -252,6 +252,9 @@ class BatchWorkers:
             self._next_submit += 1
 
     def _died(self, worker: _Worker, step: int) -> WorkerDiedError:
+        # The batch it died on is its oldest one not delivered (a later request may
+        # be what found the pipe broken).
+        step = worker.pending[0] if worker.pending else step
         worker.process.join(timeout=5)
         code = worker.process.exitcode
         message = (f"data worker {worker.index} (pid {worker.process.pid}) "
@@ -293,7 +296,11 @@ class BatchWorkers:
                 raise error
             raise WorkerError(f"{note}:\n{text}")
         batch = _unpack(*payload)
-        self._fill()
+        try:
+            self._fill()
+        except BaseException:
+            self.close()
+            raise
         return batch
 
     def _receive(self, worker: _Worker, step: int) -> Any:
