@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 import cv2
 import numpy as np
 
+from hrnet_jax.data.base import read_json
 from hrnet_jax.inference import PoseEstimator, check_boxes, draw_keypoints
 
 logger = logging.getLogger(__name__)
@@ -102,13 +103,10 @@ def read_frame_boxes(path: str, frame_count: int = 0, *, min_score: float = 0.0
         names frames outside ``[0, frame_count)`` (when the count is known),
         listing them.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"boxes file {path!r} does not exist")
     try:
-        with open(path) as f:
-            entries = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"boxes file {path!r} is not valid JSON: {e}") from None
+        entries = read_json(path, "boxes file")
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
     if not isinstance(entries, list):
         raise ValueError(f"boxes file {path!r}: expected a list of {{image_id, bbox, score}} "
                          "(COCO results format, image_id = frame index)")

@@ -32,33 +32,8 @@ import numpy as np
 
 from hrnet_jax import config as config_lib
 from hrnet_jax.export import jax_heatmaps, load_onnx, load_stablehlo, to_onnx, to_stablehlo
-from hrnet_jax.models import build_model
 from hrnet_jax.train.checkpoint import load_for_evaluation
-
-
-def random_variables(cfg: config_lib.Config, seed: int = 0) -> dict[str, Any]:
-    """Random variables at the scale of trained ones.
-
-    He-normal kernels, BatchNorm scale 1 + 0.1 N(0, 1), bias, mean 0.1 N(0, 1)
-    and variance 1 + 0.5 |N(0, 1)|: activations stay in float32's normal range
-    as a trained network's do. (The N(0, 0.001^2) initialisation shrinks them
-    towards subnormal numbers, which some CPU kernels handle far more slowly.)
-    """
-    width, height = cfg.model.image_size
-    abstract = jax.eval_shape(lambda: build_model(cfg).init(
-        jax.random.key(0), np.zeros((1, 3, height, width), np.float32), train=False))
-    rng = np.random.default_rng(seed)
-
-    def draw(path: tuple, leaf: Any) -> np.ndarray:
-        noise = rng.standard_normal(leaf.shape, np.float32)
-        name = path[-1].key
-        if name == "kernel":
-            return noise * np.float32(np.sqrt(2.0 / np.prod(leaf.shape[:-1])))
-        if name == "var":
-            return 1 + 0.5 * np.abs(noise)
-        return (name == "scale") + 0.1 * noise
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
+from hrnet_jax.train.state import trained_scale_variables
 
 
 def _version(package: str) -> str:
@@ -111,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         name = source
     else:
         cfg = config_lib.get_config(args.config)
-        variables = random_variables(cfg)
+        variables = trained_scale_variables(cfg)
         name = f"{args.config} (random variables)"
     width, height = cfg.model.image_size
     images = np.random.default_rng(0).standard_normal((args.batch, 3, height, width), np.float32)

@@ -39,15 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     boxes.add_argument("--gt-boxes", action="store_true",
                        help="COCO-style datasets: test on the ground-truth boxes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
 
     cli.enable_compilation_cache(args.compilation_cache)
+    try:
+        cli.initialize_distributed(args)
+    except ValueError as e:
+        parser.error(str(e))
     from hrnet_jax.config import override
-    from hrnet_jax.data.registry import prepare_dataset
     from hrnet_jax.data.workers import WorkerError
     from hrnet_jax.metrics import format_table
     from hrnet_jax.train.checkpoint import load_for_evaluation
     from hrnet_jax.train.evaluate import validate, write_results
+    from hrnet_jax.train.loop import prepare_data
 
     try:
         cfg = cli.config_from_args(args)
@@ -66,16 +71,23 @@ def main(argv: list[str] | None = None) -> int:
             # The network is the one the checkpoint was trained as; data and test
             # settings come from the command line.
             cfg = dataclasses.replace(cfg, model=saved.model)
-        print(f"=> {source}")
-        prepare_dataset(cfg)
+        if cli.is_first_process():
+            print(f"=> {source}")
+        prepare_data(cfg)
         result = validate(cfg, variables, flip_test=False if args.no_flip else None,
-                          decode=decode, output_dir=out, show_progress=not args.no_progress)
+                          decode=decode, output_dir=out,
+                          show_progress=not args.no_progress and cli.is_first_process(),
+                          log=print if cli.is_first_process() else None)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except WorkerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    import jax
+
+    if jax.process_index() != 0:  # every process evaluated its share; the first reports
+        return 0
     print(f"Test: Loss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
     if result.table is not None:
         print(format_table(result.table, cfg.model.name))

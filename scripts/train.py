@@ -5,6 +5,10 @@
     python scripts/train.py --config hrnet_quickstart --dataset synthetic   # any machine
     python scripts/train.py --config hrnet_quickstart_coco                  # any machine
 
+SIGTERM (a preemptible machine about to stop) or Ctrl-C ends the run after
+the current step with a checkpoint (exit status 0); the same command resumes.
+A second Ctrl-C interrupts at once.
+
 Validation (flip test, the dataset's table: MPII PCKh, COCO AP) runs after
 every epoch; the model with the best headline score (MPII Mean, COCO AP)
 goes to WORKDIR/model_best and the last to WORKDIR/final_model, both
@@ -31,16 +35,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many steps in all (smoke runs)")
     parser.add_argument("--pretrained", default=None,
                         help="reference ImageNet HRNet .pth to initialise the backbone from")
-    parser.add_argument("--multihost", action="store_true",
-                        help="call jax.distributed.initialize() (one process per host)")
+    cli.add_distributed_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    import jax
 
     cli.enable_compilation_cache(args.compilation_cache)
-    if args.multihost:
-        jax.distributed.initialize()
+    try:
+        cli.initialize_distributed(args)
+    except ValueError as e:
+        parser.error(str(e))
     from hrnet_jax.config import override
     from hrnet_jax.data.registry import dataset_class
     from hrnet_jax.data.workers import WorkerError
@@ -68,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}\nRerun the same command to resume from the newest checkpoint.",
               file=sys.stderr)
         return 4
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
+    if result.stopped_by:
+        print(f"stopped by {result.stopped_by} at step {result.step} after writing a checkpoint; "
+              "run the same command to resume")
+        return 0
     best = "n/a" if result.best_perf is None else f"{result.best_perf:.3f}"
     where = os.path.relpath(result.workdir)
     headline = dataset_class(cfg.dataset.name).headline_metric

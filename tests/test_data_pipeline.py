@@ -269,8 +269,14 @@ def test_two_processes_share_training_records_without_overlap(synthetic_root):
     for p in range(2):
         with build_loader(cfg, "train", batch_size=4, seed=2, process_index=p, process_count=2) as loader:
             assert len(loader) == 3  # 26 // (4 * 2)
-            seen.append(np.concatenate([b[3]["index"] for b in loader]))
-    assert len(set(seen[0]) | set(seen[1])) == 24 and not set(seen[0]) & set(seen[1])
+            seen.append([b[3]["index"] for b in loader])
+    flat = [np.concatenate(s) for s in seen]
+    assert len(set(flat[0]) | set(flat[1])) == 24 and not set(flat[0]) & set(flat[1])
+    # Together they see the global batches of one process with twice the batch.
+    with build_loader(cfg, "train", batch_size=8, seed=2) as loader:
+        for k, batch in enumerate(loader):
+            np.testing.assert_array_equal(batch[3]["index"],
+                                          np.concatenate([seen[0][k], seen[1][k]]))
 
 
 def test_two_processes_evaluate_every_record_exactly_once(synthetic_root):
@@ -278,7 +284,7 @@ def test_two_processes_evaluate_every_record_exactly_once(synthetic_root):
     real = []
     for p in range(2):
         with build_loader(cfg, "valid", batch_size=4, process_index=p, process_count=2) as loader:
-            assert len(loader) == 2  # ceil(11 / 2) = 6 records each -> 2 batches of 4
+            assert len(loader) == 2  # ceil(11 / 8) global batches of 4 + 4
             for _, _, _, meta in loader:
                 real.append(meta["index"][meta["valid"]])
     np.testing.assert_array_equal(np.sort(np.concatenate(real)), np.arange(11))

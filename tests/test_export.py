@@ -26,33 +26,13 @@ from hrnet_jax.config import get_config
 from hrnet_jax.model_file import save_model
 from hrnet_jax.models import build_model
 from hrnet_jax.train.checkpoint import Checkpoints
+from hrnet_jax.train.state import trained_scale_variables as trained_like_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 # MPII's left/right joint pairs (README, "Decoding and the flip test").
 MPII_FLIP_PAIRS = ((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
 # ONNX agreement asked of the converted graph: max |onnx - jax| / max |jax|.
 ONNX_RELATIVE_TOLERANCE = 1e-4
-
-
-def trained_like_variables(cfg, seed=0):
-    """Random variables at the scale of trained ones (He-normal kernels, BatchNorm
-    statistics away from 0 and 1), so that every term of the network shows in
-    the heatmaps; the N(0, 0.001^2) initialisation would make them ~1e-10."""
-    width, height = cfg.model.image_size
-    abstract = jax.eval_shape(lambda: build_model(cfg).init(
-        jax.random.key(0), np.zeros((1, 3, height, width), np.float32), train=False))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        noise = rng.standard_normal(leaf.shape, np.float32)
-        name = path[-1].key
-        if name == "kernel":
-            return noise * np.float32(np.sqrt(2.0 / np.prod(leaf.shape[:-1])))
-        if name == "var":
-            return 1 + 0.5 * np.abs(noise)
-        return (name == "scale") + 0.1 * noise
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def images_for(cfg, n, seed):

@@ -203,3 +203,64 @@ def test_the_compiling_first_step_is_left_out_of_the_logged_step_time(monkeypatc
     meter.add(metrics, 0.0)
     line = meter.flush(3, 3, checkpoints=None)
     assert "Time 2.000s (2.000s)" in line and "Speed 4.0 samples/s" in line
+
+
+def _train_command(workdir, data_root, *extra):
+    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config", "hrnet_w8",
+               "--workdir", workdir, "--data-root", data_root, "--no-progress"]
+    for item in (*TINY_OVERRIDES, *RUN, *extra):
+        command += ["--set", item]
+    return command
+
+
+def test_sigterm_mid_epoch_checkpoints_the_step_exits_0_and_the_rerun_continues_exactly(
+        straight_run, data_root, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    command = _train_command(workdir, data_root, "print_freq=1")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
+                            text=True)
+    output = []
+    try:
+        for line in proc.stdout:  # wait for the second step of the first epoch
+            output.append(line)
+            if "Epoch: [0][2/6]" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=300)
+        output.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(output)
+    assert proc.returncode == 0, text[-3000:]
+    stopped = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert 2 <= stopped < 6, text[-2000:]  # mid-epoch: after the step it was in
+    assert "run the same command to resume" in text.lower()
+    assert Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == stopped
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"at step {stopped} (epoch 0)" in rerun.stdout
+    assert_same_variables(final_variables(workdir), final_variables(straight_run[0]))
+
+
+def test_a_damaged_newest_checkpoint_is_reported_set_aside_and_the_previous_one_resumed(
+        straight_run, data_root, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(straight_run[0], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert Checkpoints(checkpoints).all_steps() == [6, 12]
+    # Truncate the largest file of step 12's state.
+    files = [os.path.join(d, f) for d, _, names in os.walk(os.path.join(checkpoints, "12", "state"))
+             for f in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+    result = train(run_config(data_root), workdir, show_progress=False)
+    log = open(os.path.join(workdir, "train.log")).read()
+    assert "the checkpoint of step 12" in log and "cannot be restored" in log
+    assert f"resuming from {checkpoints} at step 6" in log
+    assert os.path.isdir(os.path.join(checkpoints + ".unreadable", "12"))
+    assert result.step == 12 and Checkpoints(checkpoints).all_steps() == [6, 12]
+    assert_same_variables(final_variables(workdir), final_variables(straight_run[0]))

@@ -11,6 +11,7 @@ records are read (:meth:`JointsDataset.load_records`), its joints
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -29,6 +30,22 @@ Sample = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 
 class BadImageError(ValueError):
     """An image file that is missing, unreadable or not a decodable picture."""
+
+
+def read_json(path: str, what: str, missing_hint: str = "") -> Any:
+    """The JSON in ``path``; errors say what the file is (``what``) and where.
+
+    Raises:
+      FileNotFoundError: no such file (``missing_hint`` follows the message).
+      ValueError: the file is not valid JSON.
+    """
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist{missing_hint}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
 
 
 def read_image(path: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hrnet_jax.constants import PIXEL_STD
-from hrnet_jax.data.base import JointsDataset
+from hrnet_jax.data.base import JointsDataset, read_json
 from hrnet_jax.data.keypoints import Keypoints
 
 logger = logging.getLogger(__name__)
@@ -99,13 +99,7 @@ def read_annotations(path: str, help: str = COCO_HELP) -> dict[str, Any]:
 
     ``help`` (where the files come from) follows the message when the file is missing.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"COCO annotation file {path!r} does not exist.\n{help}")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"COCO annotation file {path!r} is not valid JSON: {e}") from None
+    data = read_json(path, "COCO annotation file", f".\n{help}")
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"COCO annotation file {path!r}: expected an object with 'images', "
                          "'annotations' and 'categories'")
@@ -196,15 +190,9 @@ def detection_records(path: str, *, images: Mapping[int, Mapping[str, Any]],
     """
     from hrnet_jax.inference import box_to_center_scale
 
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"person detections {path!r} do not exist (test.coco_bbox_file); give the file or "
-            "set test.use_gt_bbox=true to test on the ground-truth boxes")
-    try:
-        with open(path) as f:
-            detections = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"person detections {path!r} are not valid JSON: {e}") from None
+    detections = read_json(path, "person detections file",
+                           " (test.coco_bbox_file); give the file or set test.use_gt_bbox=true "
+                           "to test on the ground-truth boxes")
     if not isinstance(detections, list) or not detections:
         raise ValueError(f"person detections {path!r}: expected a non-empty list of "
                          "{image_id, category_id, bbox, score} (COCO results format)")

@@ -3,12 +3,13 @@
 Every batch is a pure function of ``(seed, epoch, batch number, process)``:
 
 * the epoch's order is a permutation seeded by ``(seed, epoch)`` (or dataset
-  order without shuffling), the same on every process; each process takes its
-  own contiguous share of it;
-* training drops the remainder so that every process has the same number of
-  full batches; evaluation gives each process ``ceil(N / P)`` records in
-  dataset order, pads its last batch by repeating a record and marks real
-  samples in ``meta['valid']``;
+  order without shuffling), the same on every process; it is cut into global
+  batches of ``P x B`` records, and process p takes records ``p B .. (p + 1) B``
+  of each, so P processes see the batches one process with P times the
+  devices would;
+* training drops the remainder, so that every batch is full; evaluation visits
+  every record once, in dataset order: the last global batch is padded by
+  repeating a record, and real samples are marked in ``meta['valid']``;
 * a sample's augmentation is seeded by ``(seed, epoch, index)``.
 
 Worker processes (:class:`~hrnet_jax.data.workers.BatchWorkers`) each build
@@ -77,16 +78,15 @@ class BatchPlan:
         self.shuffle = bool(shuffle)
         self.drop_remainder = bool(drop_remainder)
         self.process_index, self.process_count = process_index, process_count
+        self.global_batch_size = self.batch_size * process_count
         if drop_remainder:
-            self.num_batches = self.num_records // (self.batch_size * process_count)
-            self.share = self.num_batches * self.batch_size
+            self.num_batches = self.num_records // self.global_batch_size
             if self.num_batches == 0:
                 raise ValueError(
                     f"{self.num_records} records are fewer than one batch of {batch_size} on each of "
                     f"{process_count} process(es); use a smaller batch size")
         else:
-            self.share = math.ceil(self.num_records / process_count)
-            self.num_batches = math.ceil(self.share / self.batch_size)
+            self.num_batches = math.ceil(self.num_records / self.global_batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
         """(N,) the epoch's record order, shared by all processes."""
@@ -99,12 +99,13 @@ class BatchPlan:
         """``(indices (B,), valid (B,) bool)`` of batch ``number`` of ``epoch``."""
         if not 0 <= number < self.num_batches:
             raise IndexError(f"batch {number} out of range: an epoch has {self.num_batches}")
-        mine = self.order(epoch)[self.process_index * self.share:(self.process_index + 1) * self.share]
-        chosen = mine[number * self.batch_size:(number + 1) * self.batch_size]
+        order = self.order(epoch)
+        first = number * self.global_batch_size + self.process_index * self.batch_size
+        chosen = order[first:first + self.batch_size]
         valid = np.zeros(self.batch_size, bool)
         valid[:len(chosen)] = True
         if len(chosen) < self.batch_size:
-            fill = chosen[-1] if len(chosen) else (mine[-1] if len(mine) else 0)
+            fill = chosen[-1] if len(chosen) else (order[-1] if len(order) else 0)
             chosen = np.concatenate([chosen, np.full(self.batch_size - len(chosen), fill)])
         return chosen.astype(np.int64), valid
 

@@ -14,14 +14,13 @@ no joints. Records are converted as the reference does (see :func:`convert_recor
 from __future__ import annotations
 
 import collections
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from hrnet_jax.data.base import BadImageError, JointsDataset, read_image
+from hrnet_jax.data.base import BadImageError, JointsDataset, read_image, read_json
 from hrnet_jax.data.keypoints import Keypoints
 
 __all__ = ["MPII_KEYPOINTS", "MPIIDataset", "BadImageError", "read_image", "convert_record",
@@ -139,13 +138,7 @@ def load_records(root: str, image_set: str, num_joints: int = MPII_NUM_JOINTS) -
     if not os.path.isdir(root):
         raise FileNotFoundError(f"MPII root {root!r} does not exist.\n{MPII_HELP}")
     path = annotation_path(root, image_set)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MPII annotation file {path!r} does not exist.\n{MPII_HELP}")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"MPII annotation file {path!r} is not valid JSON: {e}") from None
+    raw = read_json(path, "MPII annotation file", f".\n{MPII_HELP}")
     if not isinstance(raw, list):
         raise ValueError(f"MPII annotation file {path!r}: expected a list of records, "
                          f"got {type(raw).__name__}")

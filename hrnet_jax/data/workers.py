@@ -140,8 +140,10 @@ def _unpack(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
 def _worker_main(make_pickled: bytes, tasks: connection.Connection,
                  results: connection.Connection, stop: Any) -> None:
     """Builds the batches asked for on ``tasks`` until told to stop or the pool is gone."""
-    # Ctrl-C reaches the whole process group: the consumer decides what to do.
+    # Ctrl-C, and a preemption's SIGTERM, may reach the whole process group: the
+    # consumer decides what to do (it stops the workers when it is done).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     make = pickle.loads(make_pickled)
     while True:
         try:

@@ -10,7 +10,9 @@ previous checkpoint intact and the partial one is never restored.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -19,6 +21,8 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from hrnet_jax.train.state import TrainState
+
+logger = logging.getLogger(__name__)
 
 
 class Checkpoints:
@@ -59,10 +63,55 @@ class Checkpoints:
 
     def restore(self, template: TrainState, step: int | None = None
                 ) -> tuple[TrainState, dict[str, Any]]:
-        """Restores ``step`` (default: the latest) into the structure of ``template``."""
-        step = self.latest_step() if step is None else int(step)
-        if step is None:
+        """Restores ``step`` into the structure of ``template``; by default the newest
+        checkpoint that can be read.
+
+        Without ``step``, a checkpoint that fails to restore (a damaged or
+        truncated file) is reported as a warning naming its step and the error,
+        and the next older one is tried; :attr:`skipped` lists those passed
+        over and are moved to :attr:`set_aside_directory`, so that the run can
+        write those steps again. Only when none can be read is the error
+        raised: a run never silently starts again from scratch.
+        """
+        self.skipped: list[tuple[int, str]] = []
+        if step is not None:
+            return self._restore(template, int(step))
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        for candidate in steps:
+            try:
+                restored = self._restore(template, candidate)
+            except Exception as e:  # orbax/tensorstore raise many kinds for damaged files
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self.skipped.append((candidate, reason))
+                logger.warning("checkpoint %s/%d cannot be restored (%s); trying an older one",
+                               self.directory, candidate, reason)
+                continue
+            self._set_aside([k for k, _ in self.skipped])
+            return restored
+        listing = "; ".join(f"step {k}: {why}" for k, why in self.skipped)
+        raise RuntimeError(f"no checkpoint in {self.directory} can be restored ({listing}); "
+                           "move the directory away to start afresh")
+
+    @property
+    def set_aside_directory(self) -> str:
+        """Where checkpoints that could not be restored are moved (kept for inspection)."""
+        return self.directory + ".unreadable"
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable checkpoints out of the way, so the run can write those steps again."""
+        if not steps:
+            return
+        os.makedirs(self.set_aside_directory, exist_ok=True)
+        for step in steps:
+            target = os.path.join(self.set_aside_directory, str(step))
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+
+    def _restore(self, template: TrainState, step: int) -> tuple[TrainState, dict[str, Any]]:
         target = jax.tree.map(np.asarray, serialization.to_state_dict(template))
         restored = self._manager.restore(
             step,

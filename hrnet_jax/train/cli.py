@@ -82,3 +82,46 @@ def enable_compilation_cache(directory: str | None) -> None:
         return
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--multihost`` and what ``jax.distributed.initialize`` may be told."""
+    parser.add_argument("--multihost", action="store_true",
+                        help="one process per host, joined by jax.distributed.initialize(); "
+                             "without the three flags below JAX detects the cluster (SLURM, "
+                             "Open MPI, TPU pods, Kubernetes)")
+    parser.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                        help="with --multihost: process 0's address")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="with --multihost: how many processes in all")
+    parser.add_argument("--process-id", type=int, default=None,
+                        help="with --multihost: this process's index")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Joins the other processes when ``--multihost`` is given (before any JAX computation).
+
+    Raises:
+      ValueError: one of the address flags without ``--multihost``.
+    """
+    given = {"coordinator_address": args.coordinator_address,
+             "num_processes": args.num_processes, "process_id": args.process_id}
+    if not args.multihost:
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise ValueError(f"--{named[0].replace('_', '-')} needs --multihost")
+        return
+    import jax
+
+    try:  # collectives between CPU processes go through gloo (no effect on GPUs)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):
+        pass
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+
+
+def is_first_process() -> bool:
+    """True in a single-process run and in process 0 of a multi-process one."""
+    import jax
+
+    return jax.process_index() == 0

@@ -20,11 +20,12 @@ import tqdm
 LOGGER_NAME = "hrnet_jax"
 
 
-def get_logger(workdir: str | os.PathLike | None = None) -> logging.Logger:
+def get_logger(workdir: str | os.PathLike | None = None, *, quiet: bool = False) -> logging.Logger:
     """A logger printing to stdout (through tqdm, so a progress bar stays intact) and
-    appending to ``workdir/train.log``."""
+    appending to ``workdir/train.log``; ``quiet`` (the processes other than the
+    first of a multi-process run) keeps only warnings and errors."""
     logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

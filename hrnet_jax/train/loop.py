@@ -31,6 +31,7 @@ from hrnet_jax.train import logs
 from hrnet_jax.train.checkpoint import Checkpoints
 from hrnet_jax.train.compilation import announce_compilation, describe_step
 from hrnet_jax.train.evaluate import Evaluation, evaluate
+from hrnet_jax.train.preemption import StopRequest
 from hrnet_jax.train.state import create_train_state, init_variables
 from hrnet_jax.train.steps import (
     make_eval_step,
@@ -46,7 +47,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL_DIR = "model_best"
 FINAL_MODEL_DIR = "final_model"
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "prepare_dataset"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "prepare_data", "prepare_dataset"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,6 +63,8 @@ class TrainResult:
     epoch: int
     best_perf: float | None
     last_evaluation: Evaluation | None
+    # The signal ("SIGTERM", "SIGINT") that stopped the run early, after a checkpoint.
+    stopped_by: str | None = None
 
 
 def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
@@ -76,6 +79,20 @@ def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
             yield queue.popleft()
     while queue:
         yield queue.popleft()
+
+
+def prepare_data(cfg: Config) -> str:
+    """Readies the dataset (:func:`~hrnet_jax.data.registry.prepare_dataset`), first in
+    process 0 and then in the others, so that processes sharing a disk do not
+    generate a synthetic set at the same time. Returns its root."""
+    if jax.process_count() == 1:
+        return prepare_dataset(cfg)
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        prepare_dataset(cfg)
+    multihost_utils.sync_global_devices("hrnet_jax: dataset prepared")
+    return prepare_dataset(cfg)
 
 
 def _load_pretrained(cfg: Config, variables: dict, path: str, logger) -> dict:
@@ -234,11 +251,13 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
       FileNotFoundError: the dataset is missing (the message says where it goes).
     """
     workdir = os.path.abspath(os.fspath(workdir))
-    logger = logs.get_logger(workdir if jax.process_index() == 0 else None)
+    main_process = jax.process_index() == 0
+    logger = logs.get_logger(workdir if main_process else None, quiet=not main_process)
+    show_progress = show_progress and main_process
     num_devices = jax.local_device_count()
     train_batch = cfg.train.batch_size_per_device * num_devices
     valid_batch = cfg.test.batch_size_per_device * num_devices
-    prepare_dataset(cfg)
+    prepare_data(cfg)
 
     train_loader = data_lib.build_loader(cfg, "train", batch_size=train_batch, seed=cfg.seed,
                                          shuffle=cfg.train.shuffle, workers=cfg.workers,
@@ -265,6 +284,10 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
     latest = checkpoints.latest_step()
     if latest is not None:
         state, record = checkpoints.restore(state)
+        for skipped, reason in checkpoints.skipped:
+            logger.info(f"=> WARNING: the checkpoint of step {skipped} in {checkpoints.directory} "
+                        f"cannot be restored ({reason}); moved to "
+                        f"{checkpoints.set_aside_directory}, resuming from an older one")
         if record.get("steps_per_epoch") != steps_per_epoch:
             raise ValueError(
                 f"{checkpoints.directory}: the run being resumed had "
@@ -281,10 +304,12 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
         if run.is_main:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
+        processes = (f" in each of {jax.process_count()} processes (global batch "
+                     f"{train_batch * jax.process_count()})" if jax.process_count() > 1 else "")
         logger.info(f"=> training {cfg.model.name} on {cfg.dataset.name} "
                     f"({train_loader.dataset_size} "
                     f"samples, {steps_per_epoch} steps per epoch, batch {train_batch} on "
-                    f"{num_devices} device(s)) into {workdir}")
+                    f"{num_devices} device(s){processes}) into {workdir}")
 
     train_step = announce_compilation(make_train_step(cfg, schedule, return_output=cfg.debug),
                                       describe_step("train step", cfg, train_batch), logger.info)
@@ -319,6 +344,11 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                         f"saved to {os.path.join(workdir, BEST_MODEL_DIR)}")
         return state_r, result
 
+    # Processes would stop at different steps and wait for each other forever: a
+    # multi-process run keeps the default signal behaviour (see README).
+    stop = StopRequest()
+    if jax.process_count() == 1:
+        stop.install()
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -350,11 +380,23 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                     run.flush(meter, step, index)
                     state_r = run.sync(state_r)
                     run.save(state_r, step)
-                if step >= total_steps:
+                if step >= total_steps or stop.requested:
                     break
                 t_fetch = time.perf_counter()
             if bar is not None:
                 bar.close()
+            if stop.requested:
+                run.flush(meter, step, step - epoch * steps_per_epoch)
+                state_r = run.sync(state_r)
+                run.save(state_r, step)
+                checkpoints.wait()
+                logger.info(
+                    f"=> stopped by {stop.requested} at step {step} (epoch {step // steps_per_epoch}, "
+                    f"batch {step % steps_per_epoch} of {steps_per_epoch}); checkpoint written to "
+                    f"{checkpoints.directory}. Run the same command to resume from it.")
+                return TrainResult(workdir=workdir, step=step, epoch=step // steps_per_epoch,
+                                   best_perf=run.best_perf, last_evaluation=last_eval,
+                                   stopped_by=stop.requested)
 
             epoch_done = step % steps_per_epoch == 0
             due = epoch_done and (step // steps_per_epoch) % max(1, cfg.train.eval_every_epochs) == 0
@@ -372,6 +414,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                                             "batch_stats": state_r.batch_stats}), cfg)
             logger.info(f"=> final model: {final}")
     finally:
+        stop.restore()
         checkpoints.close()
         scalars.close()
         for loader in (train_loader, valid_loader):

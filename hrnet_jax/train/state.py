@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
@@ -73,3 +74,28 @@ def create_train_state(cfg: Config, variables: dict[str, Any],
         tx=make_optimizer(cfg, schedule),
     )
     return state, schedule
+
+
+def trained_scale_variables(cfg: Config, seed: int = 0) -> dict[str, Any]:
+    """Random variables at the scale of trained ones, for timing and for checking exports.
+
+    He-normal kernels, BatchNorm scale 1 + 0.1 N(0, 1), bias, mean 0.1 N(0, 1)
+    and variance 1 + 0.5 |N(0, 1)|: activations stay in float32's normal range
+    as a trained network's do. (The N(0, 0.001^2) initialisation shrinks them
+    towards subnormal numbers, which some CPU kernels handle far more slowly.)
+    """
+    width, height = cfg.model.image_size
+    abstract = jax.eval_shape(lambda: build_model(cfg).init(
+        jax.random.key(0), np.zeros((1, 3, height, width), np.float32), train=False))
+    rng = np.random.default_rng(seed)
+
+    def draw(path: tuple, leaf: Any) -> np.ndarray:
+        noise = rng.standard_normal(leaf.shape, np.float32)
+        name = path[-1].key
+        if name == "kernel":
+            return noise * np.float32(np.sqrt(2.0 / np.prod(leaf.shape[:-1])))
+        if name == "var":
+            return 1 + 0.5 * np.abs(noise)
+        return (name == "scale") + 0.1 * noise
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)

@@ -133,8 +133,9 @@ def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | 
 
 
 def sync_batch_stats(state: TrainState) -> TrainState:
-    """Averages the per-device BatchNorm running statistics (before evaluation and saving)."""
-    if jax.local_device_count() == 1:
+    """Averages the per-device BatchNorm running statistics over every device of every
+    process (before evaluation and saving)."""
+    if jax.device_count() == 1:
         return state
     mean = jax.pmap(lambda x: jax.lax.pmean(x, AXIS), axis_name=AXIS)(state.batch_stats)
     return state.replace(batch_stats=mean)
