@@ -187,6 +187,21 @@ def test_onnx_file_of_the_quickstart_preset_matches_the_network(tmp_path):
         < ONNX_RELATIVE_TOLERANCE
 
 
+@pytest.mark.slow
+def test_onnx_file_of_hrnet_w32_matches_the_network_for_batch_1_and_5(tmp_path):
+    # The published model's size (256x256, 4 modules of 4 blocks per branch): one file, any batch.
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    cfg = get_config("hrnet_w32")
+    variables = trained_like_variables(cfg, seed=2)
+    model = export.load_onnx(export.to_onnx(variables, cfg, tmp_path / "w32.onnx"))
+    for n in (1, 5):
+        images = images_for(cfg, n, seed=40 + n)
+        heatmaps = model(images)
+        assert heatmaps.shape == (n, 16, 64, 64)
+        assert relative_error(heatmaps, network(cfg, variables, images)) < ONNX_RELATIVE_TOLERANCE
+
+
 def run_export_script(*args, cwd):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd)
