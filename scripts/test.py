@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    except Exception as e:
+        cli.exit_if_a_process_was_lost(e, "Rerun every process.")
+        raise
     import jax
 
     if jax.process_index() != 0:  # every process evaluated its share; the first reports

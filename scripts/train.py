@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}\nRerun the same command to resume from the newest checkpoint.",
               file=sys.stderr)
         return 4
+    except Exception as e:
+        cli.exit_if_a_process_was_lost(
+            e, "Rerun every process with the same command to resume from the newest checkpoint.")
+        raise
     import jax
 
     if jax.process_index() != 0:

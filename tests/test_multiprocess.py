@@ -157,3 +157,43 @@ def test_evaluation_on_two_processes_scores_each_sample_once_and_prints_one_tabl
     for key in ("Head", "Mean", "Mean@0.1"):
         assert pair["table"][key] == pytest.approx(single["table"][key], abs=1e-9)
     assert pair["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_a_killed_process_stops_the_other_within_the_heartbeat_and_both_resume(
+        data_root, two_epochs_on_one_process, tmp_path):
+    """Process 1 is killed in the second epoch; process 0 stops with an error within the
+    heartbeat timeout (10 s here) instead of hanging; rerunning both finishes as a run that
+    was never interrupted."""
+    import time
+
+    workdir = str(tmp_path / "killed")
+    port = free_port()
+    args = [*train_args(workdir, data_root), "--multihost", "--coordinator-address",
+            f"127.0.0.1:{port}", "--num-processes", "2", "--heartbeat-timeout", "10"]
+    procs = [subprocess.Popen(_command("train.py", [*args, "--process-id", str(i)],
+                                       ("train.end_epoch=2",)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=REPO, env=_env(1)) for i in range(2)]
+    try:
+        output = []
+        for line in procs[0].stdout:
+            output.append(line)
+            if "Epoch: [1][1/2]" in line:
+                procs[1].kill()
+                break
+        killed_at = time.monotonic()
+        rest, _ = procs[0].communicate(timeout=120)
+        waited = time.monotonic() - killed_at
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    text = "".join(output) + rest
+    assert procs[0].returncode != 0, text[-3000:]
+    assert waited < 60, f"process 0 took {waited:.0f} s to stop"
+    assert "another process has probably stopped" in text or "another task died" in text, \
+        text[-3000:]
+    run_pair("train.py", train_args(workdir, data_root), "train.end_epoch=2")
+    assert_close(load_model(os.path.join(workdir, "final_model"))[0],
+                 load_model(os.path.join(two_epochs_on_one_process, "final_model"))[0],
+                 rtol=0.0)

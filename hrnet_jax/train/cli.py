@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 from hrnet_jax import config as config_lib
 from hrnet_jax.config import Config
@@ -96,6 +97,9 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --multihost: how many processes in all")
     parser.add_argument("--process-id", type=int, default=None,
                         help="with --multihost: this process's index")
+    parser.add_argument("--heartbeat-timeout", type=int, default=100, metavar="SECONDS",
+                        help="with --multihost: a process silent this long counts as lost and "
+                             "the others stop (default %(default)s, JAX's)")
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
@@ -117,7 +121,8 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except (AttributeError, ValueError):
         pass
-    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None},
+                               heartbeat_timeout_seconds=int(args.heartbeat_timeout))
 
 
 def is_first_process() -> bool:
@@ -125,3 +130,23 @@ def is_first_process() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+# Exit status of a process whose multi-process run lost another process.
+LOST_PROCESS_EXIT = 5
+
+
+def exit_if_a_process_was_lost(error: BaseException, rerun: str) -> None:
+    """In a multi-process run, a failed collective means another process stopped: say
+    so and end this process at once (JAX's shutdown would otherwise wait about a
+    minute for the lost process's heartbeat). Returns in a single-process run."""
+    import jax
+
+    if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+        return
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    print(f"error: process {jax.process_index()} of {jax.process_count()}: an operation across "
+          f"the processes failed ({first}); another process has probably stopped or been "
+          f"killed. {rerun}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(LOST_PROCESS_EXIT)
