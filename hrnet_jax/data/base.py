@@ -10,6 +10,7 @@ records are read (:meth:`JointsDataset.load_records`), its joints
 
 from __future__ import annotations
 
+import abc
 import collections
 import json
 import logging
@@ -63,7 +64,7 @@ def read_image(path: str) -> np.ndarray:
     return image
 
 
-class JointsDataset:
+class JointsDataset(abc.ABC):
     """Records of people with joints, and the reference's per-sample transform.
 
     ``ds[i]`` is ``(input (3, H, W) float32, target (J, h, w) float32,
@@ -114,18 +115,18 @@ class JointsDataset:
         """Makes the data ready before any loader is built (e.g. generates it); returns the root."""
         return cfg.dataset.root
 
+    @abc.abstractmethod
     def load_records(self) -> list[dict[str, Any]]:
         """The split's records: dicts with ``image`` (path), ``center`` (2,), ``scale`` (2,),
         ``joints_3d`` (J, 3), ``joints_3d_vis`` (J, 3), and optionally ``score``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, preds: np.ndarray, output_dir: str | None = None
                  ) -> collections.OrderedDict[str, Any] | None:
         """Scores ``preds`` (N, J, 3) (x, y in image pixels, score; one row per record,
         in record order); writes the dataset's prediction files into ``output_dir``
         when given. Returns the ordered table, or None where the split has no ground
         truth."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
 

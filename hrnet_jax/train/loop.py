@@ -24,7 +24,7 @@ import numpy as np
 from hrnet_jax import config as config_lib
 from hrnet_jax import data as data_lib
 from hrnet_jax.config import Config
-from hrnet_jax.data.registry import dataset_class, prepare_dataset
+from hrnet_jax.data.registry import prepare_dataset
 from hrnet_jax.metrics import format_table
 from hrnet_jax.model_file import save_model
 from hrnet_jax.train import logs
@@ -315,7 +315,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
                                       describe_step("train step", cfg, train_batch), logger.info)
     eval_step = announce_compilation(make_eval_step(cfg),
                                      describe_step("eval step", cfg, valid_batch), logger.info)
-    headline = dataset_class(cfg.dataset.name).headline_metric
+    headline = valid_loader.dataset.headline_metric
     step = int(state.step)
     state_r = replicate(state)
     del state
