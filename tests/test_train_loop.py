@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -162,6 +163,21 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_
     bad_step = int(str(info.value).split(" at step ")[1].split()[0])
     steps = Checkpoints(os.path.join(workdir, "checkpoints")).all_steps()
     assert steps and max(steps) == bad_step - 1
+    assert_logging_handed_back()
+
+
+def assert_logging_handed_back():
+    """train() leaves the application's logging as it found it: records propagate,
+    and no handler (train.log) stays open."""
+    logger = logging.getLogger("hrnet_jax")
+    assert logger.propagate and not logger.handlers and logger.level == logging.NOTSET
+
+
+def test_after_a_run_hrnet_jax_records_reach_the_applications_logging(straight_run, caplog):
+    assert_logging_handed_back()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("hrnet_jax.data.loader").warning("after the run")
+    assert "after the run" in caplog.text
 
 
 def test_train_script_without_mpii_says_where_it_goes_and_suggests_synthetic(tmp_path):

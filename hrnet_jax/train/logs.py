@@ -41,6 +41,16 @@ def get_logger(workdir: str | os.PathLike | None = None, *, quiet: bool = False)
     return logger
 
 
+def close_logger(logger: logging.Logger) -> None:
+    """Undoes :func:`get_logger`: closes its handlers (``train.log`` included) and lets
+    the records reach the application's own logging configuration again."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         tqdm.tqdm.write(self.format(record), file=sys.stdout)

@@ -419,6 +419,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
         scalars.close()
         for loader in (train_loader, valid_loader):
             loader.close()
+        logs.close_logger(logger)
     return TrainResult(workdir=workdir, step=step, epoch=step // steps_per_epoch,
                        best_perf=run.best_perf, last_evaluation=last_eval)
 
