@@ -18,7 +18,7 @@ _EXPORTS = {
     "generate_targets": "hrnet_jax.targets",
     "joints_mse_loss": "hrnet_jax.losses",
     "joints_ohkm_mse_loss": "hrnet_jax.losses",
-    "get_max_preds": "hrnet_jax.metrics",
+    "get_max_preds": "hrnet_jax.decode",
     "pck_accuracy": "hrnet_jax.metrics",
     "pckh": "hrnet_jax.metrics",
     "mpii_evaluate": "hrnet_jax.metrics",

@@ -1,4 +1,4 @@
-"""Final predictions in image pixels, and the flip test.
+"""The heatmap argmax, final predictions in image pixels, and the flip test.
 
 Examples use 8 x 8 heatmaps and boxes of 32 px (scale 0.16): heatmap point
 (x, y) maps to center + 4 * ((x, y) - (4, 4)).
@@ -10,12 +10,88 @@ import numpy as np
 import pytest
 
 from hrnet_jax.data.mpii import MPII_KEYPOINTS
-from hrnet_jax.decode import flip_back, fuse_flip, get_final_preds
+from hrnet_jax.decode import flip_back, fuse_flip, get_final_preds, get_max_preds
 
 MPII_FLIP_PAIRS = MPII_KEYPOINTS.flip_pairs
 
 CENTER = np.array([[100.0, 60.0]])
 SCALE = np.array([[0.16, 0.16]])
+
+
+# --------------------------------------------------------------------------- get_max_preds
+
+
+def test_argmax_gives_x_as_column_and_y_as_row():
+    hm = np.zeros((1, 1, 3, 4), np.float32)
+    hm[0, 0, 2, 1] = 0.7  # row 2, column 1
+    preds, maxvals = get_max_preds(hm)
+    np.testing.assert_array_equal(np.asarray(preds), [[[1.0, 2.0]]])
+    np.testing.assert_allclose(np.asarray(maxvals), [[[0.7]]])
+
+
+def test_a_tie_takes_the_first_flat_index():
+    hm = np.zeros((1, 1, 3, 4), np.float32)
+    hm[0, 0, 0, 3] = hm[0, 0, 1, 0] = 1.0  # flat indices 3 and 4
+    preds, _ = get_max_preds(hm)
+    np.testing.assert_array_equal(np.asarray(preds), [[[3.0, 0.0]]])
+
+
+def test_nonpositive_maximum_gives_zero_coordinates_but_keeps_the_value():
+    hm = np.full((1, 2, 3, 4), -1.0, np.float32)
+    hm[0, 0, 2, 1] = -0.25
+    hm[0, 1] = 0.0
+    preds, maxvals = get_max_preds(hm)
+    np.testing.assert_array_equal(np.asarray(preds), np.zeros((1, 2, 2)))
+    np.testing.assert_array_equal(np.asarray(maxvals), [[[-0.25], [0.0]]])
+
+
+def test_a_maximum_of_exactly_zero_away_from_index_0_gives_zero_coordinates():
+    # The reference keeps coordinates where the maximum is > 0: a 0 at (x, y) =
+    # (2, 1) among -1s is dropped to (0, 0); the smallest normal positive
+    # float32 there is kept.
+    hm = np.full((1, 2, 3, 4), -1.0, np.float32)
+    hm[0, 0, 1, 2] = 0.0
+    hm[0, 1, 1, 2] = np.finfo(np.float32).tiny
+    preds, maxvals = get_max_preds(hm)
+    np.testing.assert_array_equal(np.asarray(preds), [[[0.0, 0.0], [2.0, 1.0]]])
+    np.testing.assert_array_equal(np.asarray(maxvals)[0, 0], [0.0])
+
+
+def test_get_max_preds_of_48x16x64x64_is_48x16x2_float32_and_48x16x1():
+    preds, maxvals = jax.eval_shape(get_max_preds,
+                                    jax.ShapeDtypeStruct((48, 16, 64, 64), np.float32))
+    chex.assert_shape(preds, (48, 16, 2))
+    chex.assert_shape(maxvals, (48, 16, 1))
+    chex.assert_type([preds, maxvals], np.float32)
+
+
+def test_heatmap_without_batch_axis_raises_naming_b_j_h_w():
+    with pytest.raises(ValueError, match=r"\(B, J, H, W\).*batch axis"):
+        get_max_preds(np.zeros((16, 64, 64), np.float32))
+
+
+def test_channels_last_heatmaps_raise_naming_b_j_h_w():
+    with pytest.raises(ValueError, match=r"\(B, J, H, W\).*channels-last"):
+        get_max_preds(np.zeros((2, 64, 64, 16), np.float32))
+
+
+def test_as_many_joints_as_rows_is_not_mistaken_for_channels_last():
+    # 16 joints on 12 x 16 (width x height) heatmaps: (B, 16, 16, 12) is channels first.
+    preds, _ = get_max_preds(np.ones((1, 16, 16, 12), np.float32))
+    chex.assert_shape(preds, (1, 16, 2))
+
+
+def test_small_square_heatmaps_with_half_as_many_columns_are_taken_as_channels_first():
+    # 4 x 8 (width x height) maps of 8 joints: (B, 8, 8, 4) could be read either way;
+    # like the reference, a shape this small is taken as (B, J, H, W).
+    heatmaps = np.zeros((1, 8, 8, 4), np.float32)
+    heatmaps[0, 3, 5, 2] = 1.0  # joint 3 at (x, y) = (2, 5)
+    preds, _ = get_max_preds(heatmaps)
+    chex.assert_shape(preds, (1, 8, 2))
+    np.testing.assert_array_equal(np.asarray(preds)[0, 3], [2.0, 5.0])
+
+
+# --------------------------------------------------------------------------- final predictions
 
 
 def one_map(peak_xy, neighbours=None):

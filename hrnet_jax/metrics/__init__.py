@@ -1,5 +1,6 @@
-"""Metrics: heatmap argmax and PCK (:mod:`.heatmaps`), MPII PCKh (:mod:`.mpii`),
-COCO keypoint OKS, NMS and AP (:mod:`.coco`), and the printed tables (:mod:`.tables`).
+"""Metrics: PCK (:mod:`.heatmaps`), MPII PCKh (:mod:`.mpii`), COCO keypoint OKS, NMS and
+AP (:mod:`.coco`), and the printed tables (:mod:`.tables`). The heatmap argmax the
+metrics use is decoding (:func:`hrnet_jax.decode.get_max_preds`), re-exported here.
 
 Every public name is importable from ``hrnet_jax.metrics``.
 """
@@ -7,7 +8,8 @@ Every public name is importable from ``hrnet_jax.metrics``.
 from __future__ import annotations
 
 from hrnet_jax._lazy import lazy_exports
-from hrnet_jax.metrics.heatmaps import check_heatmaps, get_max_preds, pck_accuracy
+from hrnet_jax.decode import check_heatmaps, get_max_preds
+from hrnet_jax.metrics.heatmaps import pck_accuracy
 from hrnet_jax.metrics.mpii import (
     MPII_DATASET_JOINTS,
     PCKH_THRESHOLDS,

@@ -1,8 +1,9 @@
-"""Heatmap argmax decoding and the PCK accuracy printed during training.
+"""The PCK accuracy printed during training.
 
-:func:`get_max_preds` and :func:`pck_accuracy` are jitted and work inside other
-jitted code. Called on concrete arrays, :func:`pck_accuracy` forms its fractions
-and their mean from the jitted counts in float64, as the reference does.
+:func:`pck_accuracy` is jitted and works inside other jitted code. Called on
+concrete arrays, it forms its fractions and their mean from the jitted counts
+in float64, as the reference does. Its points are the heatmap argmax of
+:func:`hrnet_jax.decode.get_max_preds`.
 """
 
 from __future__ import annotations
@@ -14,80 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrnet_jax.decode import check_heatmaps, get_max_preds
+
 ArrayLike = Any
-
-# Heatmaps given channels-last are at least this many pixels on a side in
-# practice (a 128-pixel input); joints rarely reach that number.
-_MIN_CHANNELS_LAST_SIDE = 32
-
-
-def check_heatmaps(heatmaps: ArrayLike, name: str = "heatmaps") -> tuple[int, int, int, int]:
-    """Raises ValueError unless ``heatmaps`` is (B, J, H, W); returns the shape.
-
-    Channels-last input (B, H, W, J) is recognised where the shape gives it
-    away: dims 1 and 2 equal, at least 32, and the last at most half of them,
-    e.g. (48, 64, 64, 16). Smaller or less lopsided shapes such as
-    (B, 16, 16, 12) or (B, 8, 8, 4) are ambiguous and taken as channels first,
-    as the reference takes every 4-d array.
-    """
-    shape = tuple(jnp.shape(heatmaps))
-    if len(shape) == 3:
-        raise ValueError(
-            f"{name}: expected a batch of heatmaps of shape (B, J, H, W), got {shape} "
-            "(add a leading batch axis for a single sample)"
-        )
-    if len(shape) != 4:
-        raise ValueError(f"{name}: expected heatmaps of shape (B, J, H, W), got {shape}")
-    if shape[1] == shape[2] >= _MIN_CHANNELS_LAST_SIDE and 2 * shape[3] <= shape[1]:
-        raise ValueError(
-            f"{name}: expected heatmaps of shape (B, J, H, W) (channels first), got {shape}, "
-            f"which looks channels-last (B, H, W, J); transpose with (0, 3, 1, 2)"
-        )
-    return shape  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- argmax
-
-
-def _first_index(values, target, axis_size):
-    """Index of the first entry of the last axis equal to ``target`` (..., 1); clipped."""
-    iota = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
-    first = jnp.min(jnp.where(values == target, iota, axis_size), axis=-1)
-    return jnp.minimum(first, axis_size - 1)
-
-
-@jax.jit
-def _max_preds(heatmaps):
-    _, _, h, w = heatmaps.shape
-    # The first flat argmax, found as the first row holding the maximum, then the
-    # first column of that row holding it: the same index as jnp.argmax over
-    # H * W (ties go to the lowest index), but plain max/min reductions, which
-    # XLA runs about 20 times faster than a variadic argmax reduction on CPU.
-    row_max = jnp.max(heatmaps, axis=-1)  # (B, J, H)
-    maxvals = jnp.max(row_max, axis=-1, keepdims=True)  # (B, J, 1)
-    y = _first_index(row_max, maxvals, h)
-    row = jnp.take_along_axis(heatmaps, y[..., None, None], axis=2)[..., 0, :]  # (B, J, W)
-    x = _first_index(row, maxvals, w)
-    coords = jnp.stack([x, y], axis=-1).astype(jnp.float32)
-    coords = jnp.where(maxvals > 0, coords, 0.0)
-    return coords, maxvals
-
-
-def get_max_preds(heatmaps: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """Location and value of each heatmap's maximum.
-
-    ``x = idx % W``, ``y = floor(idx / W)`` for ``idx`` the first flat argmax;
-    both are 0 where the maximum is not positive.
-
-    Args:
-      heatmaps: (B, J, H, W).
-
-    Returns:
-      ``(preds, maxvals)``: (B, J, 2) float32 as (x, y), and (B, J, 1) in the
-      heatmaps' dtype.
-    """
-    check_heatmaps(heatmaps)
-    return _max_preds(heatmaps)
 
 
 # --------------------------------------------------------------------------- PCK
@@ -97,8 +27,8 @@ def get_max_preds(heatmaps: ArrayLike) -> tuple[jax.Array, jax.Array]:
 def _pck_counts(output, target, thr):
     """Per joint: samples within ``thr`` and samples counted, (J,) int32 each; and the preds."""
     _, _, h, w = output.shape
-    pred, _ = _max_preds(output)
-    gt, _ = _max_preds(target)
+    pred, _ = get_max_preds(output)
+    gt, _ = get_max_preds(target)
     # The reference normalises x by h / 10 and y by w / 10 (sic).
     norm = jnp.array([h, w], jnp.float32) / 10
     counted = (gt[..., 0] > 1) & (gt[..., 1] > 1)  # (B, J)

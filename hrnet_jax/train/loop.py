@@ -209,7 +209,7 @@ class _Run:
     def save_debug_images(self, name: str, batch: Any, metrics: Any) -> None:
         """The reference's four debug pictures of a batch, in ``workdir/debug``."""
         from hrnet_jax import vis
-        from hrnet_jax.metrics import get_max_preds
+        from hrnet_jax.decode import get_max_preds
 
         images, target, _, meta = batch
         output = np.asarray(metrics["output"]).reshape(target.shape)
