@@ -63,7 +63,7 @@ def main() -> None:
           f"({1000 / per_sample:.1f} ms/sample)", flush=True)
 
     for workers in worker_counts:
-        with build_loader(cfg, "train", batch_size=args.batch, seed=0, workers=workers,
+        with build_loader(cfg, "train", batch_size=args.batch, workers=workers,
                           prefetch=args.prefetch) as loader:
             it = iter(loader)
             first = next(it)  # start-up and the first batch are not counted

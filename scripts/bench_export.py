@@ -32,8 +32,8 @@ import numpy as np
 
 from hrnet_jax import config as config_lib
 from hrnet_jax.export import jax_heatmaps, load_onnx, load_stablehlo, to_onnx, to_stablehlo
-from hrnet_jax.train.checkpoint import load_for_evaluation
 from hrnet_jax.train.state import trained_scale_variables
+from hrnet_jax.workdir import load_for_evaluation
 
 
 def _version(package: str) -> str:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                              "default, so compile times are cold)")
     args = parser.parse_args(argv)
 
-    from hrnet_jax.train import benchmark, cli
+    from hrnet_jax import benchmark, cli
 
     cli.enable_compilation_cache(args.compilation_cache)
 

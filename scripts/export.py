@@ -21,7 +21,7 @@ import sys
 import time
 
 from hrnet_jax.export import FORMATS, MissingDependencyError, check_export, to_onnx, to_stablehlo
-from hrnet_jax.train.checkpoint import load_for_evaluation
+from hrnet_jax.workdir import load_for_evaluation
 
 
 def _positive(text: str) -> int:

@@ -29,7 +29,7 @@ import tempfile
 import cv2
 
 from hrnet_jax.inference import PoseEstimator, draw_keypoints, read_image
-from hrnet_jax.train.checkpoint import load_for_evaluation
+from hrnet_jax.workdir import load_for_evaluation
 
 
 def _box(text: str) -> list[float]:

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 
-from hrnet_jax.train import cli
+from hrnet_jax import cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     from hrnet_jax.config import override
+    from hrnet_jax.data.registry import prepare_dataset
     from hrnet_jax.data.workers import WorkerError
+    from hrnet_jax.evaluation import validate, write_results
     from hrnet_jax.metrics import format_table
-    from hrnet_jax.train.checkpoint import load_for_evaluation
-    from hrnet_jax.train.evaluate import validate, write_results
-    from hrnet_jax.train.loop import prepare_data
+    from hrnet_jax.workdir import load_for_evaluation
 
     try:
         cfg = cli.config_from_args(args)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, model=saved.model)
         if cli.is_first_process():
             print(f"=> {source}")
-        prepare_data(cfg)
+        prepare_dataset(cfg)
         result = validate(cfg, variables, flip_test=False if args.no_flip else None,
                           decode=decode, output_dir=out,
                           show_progress=not args.no_progress and cli.is_first_process(),

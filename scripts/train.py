@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from hrnet_jax.train import cli
+from hrnet_jax import cli
 
 
 def main(argv: list[str] | None = None) -> int:

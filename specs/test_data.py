@@ -33,7 +33,7 @@ def synthetic_root(tmp_path_factory):
 
 def test_a_training_batch_of_48_has_the_documented_shapes_and_meta_keys(synthetic_root):
     cfg = override(get_config("hrnet_w32"), [f"dataset.root={synthetic_root}"])
-    with build_loader(cfg, "train", batch_size=48, seed=0, shuffle=True, workers=0) as loader:
+    with build_loader(cfg, "train", batch_size=48, shuffle=True, workers=0) as loader:
         input_, target, target_weight, meta = next(iter(loader))
     assert input_.shape == (48, 3, 256, 256) and input_.dtype == np.float32
     assert target.shape == (48, 16, 64, 64) and target.dtype == np.float32
@@ -80,7 +80,7 @@ def test_the_test_split_has_zero_joints_and_visibility():
 
 def test_valid_batches_visit_every_record_once_in_file_order_and_mark_the_padding(synthetic_root):
     cfg = override(get_config("hrnet_quickstart"), [f"dataset.root={synthetic_root}"])
-    with build_loader(cfg, "valid", batch_size=4, seed=0, shuffle=False, workers=0) as loader:
+    with build_loader(cfg, "valid", batch_size=4, shuffle=False, workers=0) as loader:
         batches = list(loader)
     assert len(loader) == 3 and len(batches) == 3  # 10 records: 4 + 4 + 2 real
     index = np.concatenate([b[3]["index"] for b in batches])

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from hrnet_jax.train import benchmark
+from hrnet_jax import benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # hrnet_w8 with one module of one block per branch: the same code path, a quicker compile.

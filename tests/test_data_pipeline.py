@@ -209,10 +209,10 @@ def epoch_of(loader):
 
 
 def test_the_same_seed_gives_the_same_batches_with_zero_or_two_workers(synthetic_root):
-    cfg = small_config(synthetic_root)
-    with build_loader(cfg, "train", batch_size=4, seed=7, workers=0) as loader:
+    cfg = small_config(synthetic_root, seed=7)
+    with build_loader(cfg, "train", batch_size=4, workers=0) as loader:
         inline = epoch_of(loader)
-    with build_loader(cfg, "train", batch_size=4, seed=7, workers=2) as loader:
+    with build_loader(cfg, "train", batch_size=4, workers=2) as loader:
         parallel = epoch_of(loader)
         second = epoch_of(loader)  # the next epoch follows on
     assert len(inline) == len(parallel) == 6  # 26 // 4, remainder dropped
@@ -224,7 +224,7 @@ def test_the_same_seed_gives_the_same_batches_with_zero_or_two_workers(synthetic
 
 
 def test_training_visits_distinct_records_in_a_new_order_each_epoch(synthetic_root):
-    with build_loader(small_config(synthetic_root), "train", batch_size=4, seed=0) as loader:
+    with build_loader(small_config(synthetic_root), "train", batch_size=4) as loader:
         assert loader.get_state() == {"epoch": 0, "batch": 0}
         first = np.concatenate([b[3]["index"] for b in loader])
         assert loader.get_state() == {"epoch": 1, "batch": 0}
@@ -234,18 +234,18 @@ def test_training_visits_distinct_records_in_a_new_order_each_epoch(synthetic_ro
 
 
 def test_a_restored_iterator_continues_mid_epoch_with_the_same_batches(synthetic_root):
-    cfg = small_config(synthetic_root)
-    with build_loader(cfg, "train", batch_size=4, seed=3) as loader:
+    cfg = small_config(synthetic_root, seed=3)
+    with build_loader(cfg, "train", batch_size=4) as loader:
         loader.set_state({"epoch": 2, "batch": 0})
         full = epoch_of(loader)
-    with build_loader(cfg, "train", batch_size=4, seed=3) as loader:
+    with build_loader(cfg, "train", batch_size=4) as loader:
         loader.set_state({"epoch": 2, "batch": 0})
         it = iter(loader)
         next(it), next(it)
         state = loader.get_state()
     assert state == {"epoch": 2, "batch": 2}
     state = json.loads(json.dumps(state))
-    with build_loader(cfg, "train", batch_size=4, seed=3, workers=2) as resumed:
+    with build_loader(cfg, "train", batch_size=4, workers=2) as resumed:
         resumed.set_state(state)
         rest = epoch_of(resumed)
         assert resumed.get_state() == {"epoch": 3, "batch": 0}
@@ -264,16 +264,16 @@ def test_a_bad_loader_state_is_refused_with_the_expected_form(synthetic_root):
 
 
 def test_two_processes_share_training_records_without_overlap(synthetic_root):
-    cfg = small_config(synthetic_root)
+    cfg = small_config(synthetic_root, seed=2)
     seen = []
     for p in range(2):
-        with build_loader(cfg, "train", batch_size=4, seed=2, process_index=p, process_count=2) as loader:
+        with build_loader(cfg, "train", batch_size=4, process_index=p, process_count=2) as loader:
             assert len(loader) == 3  # 26 // (4 * 2)
             seen.append([b[3]["index"] for b in loader])
     flat = [np.concatenate(s) for s in seen]
     assert len(set(flat[0]) | set(flat[1])) == 24 and not set(flat[0]) & set(flat[1])
     # Together they see the global batches of one process with twice the batch.
-    with build_loader(cfg, "train", batch_size=8, seed=2) as loader:
+    with build_loader(cfg, "train", batch_size=8) as loader:
         for k, batch in enumerate(loader):
             np.testing.assert_array_equal(batch[3]["index"],
                                           np.concatenate([seen[0][k], seen[1][k]]))
@@ -300,3 +300,18 @@ def test_the_batch_plan_pads_an_empty_share_with_invalid_samples():
 def test_a_training_set_smaller_than_one_batch_is_refused():
     with pytest.raises(ValueError, match="fewer than one batch of 8"):
         BatchPlan(7, 8, seed=0, shuffle=True, drop_remainder=True, process_index=0, process_count=1)
+
+
+def test_the_seed_comes_from_the_config_and_the_old_seed_argument_warns(synthetic_root):
+    with build_loader(small_config(synthetic_root, seed=5), "train", batch_size=4) as loader:
+        from_config = epoch_of(loader)
+    with pytest.warns(DeprecationWarning, match=r"seed=5"):
+        old = build_loader(small_config(synthetic_root), "train", batch_size=4, seed=5)
+    with old:
+        from_argument = epoch_of(old)
+    with build_loader(small_config(synthetic_root), "train", batch_size=4) as loader:
+        seed_0 = epoch_of(loader)
+    for a, b in zip(from_config, from_argument, strict=True):
+        np.testing.assert_array_equal(a[2], b[2])
+        np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(from_config[0][2], seed_0[0][2])

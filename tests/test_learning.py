@@ -13,7 +13,7 @@ import os
 import pytest
 
 from hrnet_jax.config import get_config, override
-from hrnet_jax.train.evaluate import validate
+from hrnet_jax.evaluation import validate
 from hrnet_jax.train.loop import train
 from hrnet_jax.train.state import init_variables
 

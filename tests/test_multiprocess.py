@@ -18,7 +18,7 @@ import pytest
 from conftest import TINY_OVERRIDES
 from hrnet_jax.data import write_synthetic_mpii
 from hrnet_jax.model_file import load_model
-from hrnet_jax.train.checkpoint import restore_variables
+from hrnet_jax.workdir import restore_variables
 
 pytestmark = pytest.mark.slow
 

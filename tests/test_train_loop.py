@@ -18,8 +18,9 @@ import scipy.io
 from conftest import TINY_OVERRIDES, tiny_config
 from hrnet_jax.data import write_synthetic_mpii
 from hrnet_jax.model_file import load_model
-from hrnet_jax.train.checkpoint import Checkpoints, load_for_evaluation
+from hrnet_jax.train.checkpoint import Checkpoints
 from hrnet_jax.train.loop import TrainingDiverged, train
+from hrnet_jax.workdir import load_for_evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_VALID = 24, 10

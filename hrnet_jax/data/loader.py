@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,44 +266,49 @@ def build_loader(
     split: str,
     *,
     batch_size: int,
-    seed: int = 0,
     shuffle: bool | None = None,
-    workers: int = 0,
+    workers: int | None = None,
+    prefetch: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     skip_bad_images: bool = False,
-    prefetch: int = 2,
+    seed: int | None = None,
 ) -> Loader:
     """The loader for ``split`` ``'train'`` (``cfg.dataset.train_set``, augmented,
     remainder dropped) or ``'valid'`` (``cfg.dataset.test_set``, every record once in
     dataset order, padded last batch) of the dataset ``cfg.dataset.name`` (see
     :mod:`hrnet_jax.data.registry`) under ``cfg.dataset.root``.
 
+    Shuffling and augmentation are seeded by ``cfg.seed``.
+
     Args:
       cfg: a :class:`hrnet_jax.config.Config`.
       split: ``'train'`` or ``'valid'``.
       batch_size: samples per batch on this process.
-      seed: seeds shuffling and augmentation.
       shuffle: permute each epoch (default: True for train, False for valid).
-      workers: worker processes; 0 builds batches in this process.
+      workers: worker processes, 0 building batches in this process (default ``cfg.workers``).
+      prefetch: batches each worker prepares ahead of the consumer, at most; the
+        workers then hold at most ``workers * prefetch`` finished batches
+        (default ``cfg.prefetch``).
       process_index, process_count: this host's share (default: JAX's if loaded, else 0 of 1).
       skip_bad_images: warn about and leave out unreadable images (``meta['valid']``
         False) instead of raising.
-      prefetch: batches each worker prepares ahead of the consumer, at most; the
-        workers then hold at most ``workers * prefetch`` finished batches.
+      seed: deprecated; set ``cfg.seed`` instead.
 
     Returns:
       A :class:`Loader` yielding ``(input (B, 3, H, W), target (B, J, h, w),
       target_weight (B, J, 1), meta)`` as NumPy arrays.
     """
-    dataset = build_dataset(_with_seed(cfg, seed), split, skip_bad_images=skip_bad_images)
+    if seed is not None and int(seed) != cfg.seed:
+        warnings.warn("build_loader(seed=...) is deprecated: the seed is the config's "
+                      f"(override(cfg, 'seed={int(seed)}'))", DeprecationWarning, stacklevel=2)
+        cfg = dataclasses.replace(cfg, seed=int(seed))
+    dataset = build_dataset(cfg, split, skip_bad_images=skip_bad_images)
     is_train = split == "train"
     index, count = default_process(process_index, process_count)
-    plan = BatchPlan(len(dataset), batch_size, seed=seed,
+    plan = BatchPlan(len(dataset), batch_size, seed=cfg.seed,
                      shuffle=is_train if shuffle is None else shuffle, drop_remainder=is_train,
                      process_index=index, process_count=count)
-    return Loader(dataset, plan, workers=workers, prefetch=prefetch, across_epochs=is_train)
-
-
-def _with_seed(cfg: Any, seed: int) -> Any:
-    return dataclasses.replace(cfg, seed=int(seed)) if cfg.seed != seed else cfg
+    return Loader(dataset, plan, workers=cfg.workers if workers is None else workers,
+                  prefetch=cfg.prefetch if prefetch is None else prefetch,
+                  across_epochs=is_train)

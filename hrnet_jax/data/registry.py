@@ -9,6 +9,7 @@ config, ``dataset.name = "my_package.my_module:MyDataset"``.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from hrnet_jax.data.base import JointsDataset
@@ -74,8 +75,21 @@ def dataset_class(name: str) -> type[JointsDataset]:
 
 
 def prepare_dataset(cfg: Any) -> str:
-    """Readies ``cfg``'s dataset (a synthetic set is generated once); returns its root."""
-    return dataset_class(cfg.dataset.name).prepare(cfg)
+    """Readies ``cfg``'s dataset (a synthetic set is generated once); returns its root.
+
+    In a multi-process JAX run, process 0 goes first and the others follow, so
+    that processes sharing a disk do not generate a synthetic set at once.
+    """
+    prepare = dataset_class(cfg.dataset.name).prepare
+    jax = sys.modules.get("jax")  # a data-only user never imports JAX for this
+    if jax is None or jax.process_count() == 1:
+        return prepare(cfg)
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        prepare(cfg)
+    multihost_utils.sync_global_devices("hrnet_jax: dataset prepared")
+    return prepare(cfg)
 
 
 def build_dataset(cfg: Any, split: str, *, skip_bad_images: bool = False) -> JointsDataset:

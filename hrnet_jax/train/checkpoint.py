@@ -9,7 +9,6 @@ previous checkpoint intact and the partial one is never restored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from hrnet_jax.train.state import TrainState
+from hrnet_jax.workdir import UNREADABLE_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Checkpoints:
     @property
     def set_aside_directory(self) -> str:
         """Where checkpoints that could not be restored are moved (kept for inspection)."""
-        return self.directory + ".unreadable"
+        return self.directory + UNREADABLE_SUFFIX
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable checkpoints out of the way, so the run can write those steps again."""
@@ -134,79 +134,3 @@ class Checkpoints:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def restore_variables(directory: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-    """``{'params', 'batch_stats'}`` of a checkpoint, without knowing its optimizer.
-
-    ``directory`` is a checkpoint directory of :class:`Checkpoints` (the
-    newest step is used unless ``step`` is given) or one step directory in it.
-    """
-    path = os.path.abspath(os.fspath(directory))
-    if os.path.isdir(os.path.join(path, "state")):
-        restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
-    else:
-        with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as m:
-            step = m.latest_step() if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"no complete checkpoint in {path}")
-            restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-            restored = restored["state"]
-    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-
-
-def load_for_evaluation(path: str | os.PathLike) -> tuple[dict[str, Any], Any, str]:
-    """Variables (and the model's configuration, when stored) from any saved form.
-
-    ``path`` may be an exported model (``config.json`` + ``variables.msgpack``),
-    a training work directory (its ``model_best``, else the newest checkpoint,
-    else ``final_model``), a checkpoint directory, or one step directory in it.
-
-    Returns:
-      ``(variables, cfg, source)``: ``cfg`` is the stored
-      :class:`~hrnet_jax.config.Config` or None when the checkpoint holds none
-      (a checkpoint directory outside a work directory); ``source`` says what
-      was loaded.
-    """
-    from hrnet_jax import config as config_lib
-    from hrnet_jax.model_file import CONFIG_FILE, VARIABLES_FILE, load_model
-
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist or is not a directory")
-
-    def stored_config(workdir: str):
-        file = os.path.join(workdir, "config.json")
-        if os.path.isfile(file):
-            with open(file) as f:
-                return config_lib.from_dict(json.load(f))
-        return None
-
-    if os.path.isfile(os.path.join(path, VARIABLES_FILE)):
-        variables, cfg = load_model(path)
-        return variables, cfg, f"exported model {path}"
-    best = os.path.join(path, "model_best")
-    if os.path.isfile(os.path.join(best, VARIABLES_FILE)):
-        variables, cfg = load_model(best)
-        return variables, cfg, f"best model {best}"
-    checkpoints = os.path.join(path, "checkpoints")
-    if os.path.isdir(checkpoints) and _has_steps(checkpoints):
-        return restore_variables(checkpoints), stored_config(path), \
-            f"newest checkpoint in {checkpoints}"
-    final = os.path.join(path, "final_model")
-    if os.path.isfile(os.path.join(final, VARIABLES_FILE)):
-        variables, cfg = load_model(final)
-        return variables, cfg, f"final model {final}"
-    if _has_steps(path) or os.path.isdir(os.path.join(path, "state")):
-        parent = os.path.dirname(path)
-        workdir = os.path.dirname(parent) if os.path.isdir(os.path.join(path, "state")) else parent
-        return restore_variables(path), stored_config(workdir), f"checkpoint {path}"
-    raise FileNotFoundError(
-        f"{path!r} holds no model: expected an exported model ({CONFIG_FILE} and "
-        f"{VARIABLES_FILE}), a training work directory (model_best/, checkpoints/ or "
-        "final_model/), or a checkpoint directory")
-
-
-def _has_steps(directory: str) -> bool:
-    return any(name.isdigit() and os.path.isdir(os.path.join(directory, name))
-               for name in os.listdir(directory))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import time
@@ -21,18 +20,22 @@ from typing import Any
 import jax
 import numpy as np
 
-from hrnet_jax import config as config_lib
 from hrnet_jax import data as data_lib
+from hrnet_jax import logs
+from hrnet_jax.compilation import announce_compilation, describe_step
 from hrnet_jax.config import Config
 from hrnet_jax.data.registry import prepare_dataset
+from hrnet_jax.evaluation import Evaluation, evaluate
 from hrnet_jax.metrics import format_table
 from hrnet_jax.model_file import save_model
-from hrnet_jax.train import logs
 from hrnet_jax.train.checkpoint import Checkpoints
-from hrnet_jax.train.compilation import announce_compilation, describe_step
-from hrnet_jax.train.evaluate import Evaluation, evaluate
 from hrnet_jax.train.preemption import StopRequest
-from hrnet_jax.train.state import create_train_state, init_variables
+from hrnet_jax.train.state import (
+    TrainState,
+    create_train_state,
+    init_variables,
+    learning_rate_schedule,
+)
 from hrnet_jax.train.steps import (
     make_eval_step,
     make_train_step,
@@ -42,12 +45,15 @@ from hrnet_jax.train.steps import (
     sync_batch_stats,
     unreplicate,
 )
+from hrnet_jax.workdir import (
+    BEST_MODEL_DIR,
+    CHECKPOINT_DIR,
+    DEBUG_DIR,
+    FINAL_MODEL_DIR,
+    write_run_config,
+)
 
-CHECKPOINT_DIR = "checkpoints"
-BEST_MODEL_DIR = "model_best"
-FINAL_MODEL_DIR = "final_model"
-
-__all__ = ["train", "TrainResult", "TrainingDiverged", "prepare_data", "prepare_dataset"]
+__all__ = ["train", "TrainResult", "TrainingDiverged"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,20 +85,6 @@ def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
             yield queue.popleft()
     while queue:
         yield queue.popleft()
-
-
-def prepare_data(cfg: Config) -> str:
-    """Readies the dataset (:func:`~hrnet_jax.data.registry.prepare_dataset`), first in
-    process 0 and then in the others, so that processes sharing a disk do not
-    generate a synthetic set at the same time. Returns its root."""
-    if jax.process_count() == 1:
-        return prepare_dataset(cfg)
-    from jax.experimental import multihost_utils
-
-    if jax.process_index() == 0:
-        prepare_dataset(cfg)
-    multihost_utils.sync_global_devices("hrnet_jax: dataset prepared")
-    return prepare_dataset(cfg)
 
 
 def _load_pretrained(cfg: Config, variables: dict, path: str, logger) -> dict:
@@ -168,22 +160,53 @@ class _EpochMeter:
 
 
 class _Run:
-    """The mutable bookkeeping of one :func:`train` call."""
+    """Everything one :func:`train` call sets up once: loaders, steps, checkpoints, logs,
+    and the best score so far."""
 
-    def __init__(self, cfg: Config, workdir: str, logger, total_steps: int,
-                 steps_per_epoch: int, batch_size: int, checkpoints: Checkpoints,
-                 scalars: logs.Scalars) -> None:
+    def __init__(self, cfg: Config, workdir: str, logger: Any, *, max_steps: int | None,
+                 show_progress: bool) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.logger = logger
-        self.total_steps = total_steps
-        self.steps_per_epoch = steps_per_epoch
-        self.batch_size = batch_size
-        self.checkpoints = checkpoints
-        self.scalars = scalars
+        self.is_main = jax.process_index() == 0
+        self.show_progress = show_progress and self.is_main
+        self.num_devices = jax.local_device_count()
+        self.train_batch = cfg.train.batch_size_per_device * self.num_devices
+        valid_batch = cfg.test.batch_size_per_device * self.num_devices
+        self.train_loader = data_lib.build_loader(cfg, "train", batch_size=self.train_batch,
+                                                  shuffle=cfg.train.shuffle)
+        try:
+            self._set_up(max_steps, valid_batch)
+        except BaseException:
+            self.close()
+            raise
         self.best_perf: float | None = None
         self.best_step: int | None = None
-        self.is_main = jax.process_index() == 0
+        self.compiled = False  # the first train step (compiling) is left out of timing
+
+    def _set_up(self, max_steps: int | None, valid_batch: int) -> None:
+        cfg, logger, workdir = self.cfg, self.logger, self.workdir
+        self.valid_loader = data_lib.build_loader(cfg, "valid", batch_size=valid_batch)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set is smaller than one batch of {self.train_batch} "
+                             f"({self.num_devices} device(s) x train.batch_size_per_device)")
+        total = cfg.train.end_epoch * self.steps_per_epoch
+        self.total_steps = total if max_steps is None else min(total, int(max_steps))
+        self.schedule = learning_rate_schedule(cfg, self.steps_per_epoch)
+        self.train_step = announce_compilation(
+            make_train_step(cfg, self.schedule, return_output=cfg.debug),
+            describe_step("train step", cfg, self.train_batch), logger.info)
+        self.eval_step = announce_compilation(
+            make_eval_step(cfg), describe_step("eval step", cfg, valid_batch), logger.info)
+        self.checkpoints = Checkpoints(os.path.join(workdir, CHECKPOINT_DIR),
+                                       keep=cfg.train.keep_checkpoints)
+        self.scalars = logs.Scalars(workdir, enabled=self.is_main, logger=logger)
+
+    def close(self) -> None:
+        for part in ("checkpoints", "scalars", "train_loader", "valid_loader"):
+            if hasattr(self, part):
+                getattr(self, part).close()
 
     def record(self, step: int) -> dict[str, Any]:
         return {
@@ -216,7 +239,7 @@ class _Run:
         preds, _ = get_max_preds(output)
         stride = (np.asarray(self.cfg.model.image_size, np.float32)
                   / np.asarray(self.cfg.model.heatmap_size, np.float32))
-        directory = os.path.join(self.workdir, "debug")
+        directory = os.path.join(self.workdir, DEBUG_DIR)
         os.makedirs(directory, exist_ok=True)
         vis.save_debug_images(os.path.join(directory, name), images, meta, target,
                               np.asarray(preds) * stride, output)
@@ -225,6 +248,148 @@ class _Run:
         """Checkpoints ``step`` once (statistics synchronised by the caller)."""
         if self.checkpoints.latest_step() != step:
             self.checkpoints.save(step, unreplicate(state_r), self.record(step))
+
+    def result(self, step: int, evaluation: Evaluation | None,
+               stopped_by: str | None = None) -> TrainResult:
+        return TrainResult(workdir=self.workdir, step=step, epoch=step // self.steps_per_epoch,
+                           best_perf=self.best_perf, last_evaluation=evaluation,
+                           stopped_by=stopped_by)
+
+
+def _initial_state(run: _Run, pretrained: str | None) -> TrainState:
+    """The newest restorable checkpoint's state, else a fresh one (from ``pretrained``)."""
+    cfg, logger, checkpoints = run.cfg, run.logger, run.checkpoints
+    variables = init_variables(cfg, jax.random.key(cfg.seed))
+    if checkpoints.latest_step() is None:
+        if pretrained:
+            variables = _load_pretrained(cfg, variables, pretrained, logger)
+        if run.is_main:
+            write_run_config(run.workdir, cfg)
+        processes = (f" in each of {jax.process_count()} processes (global batch "
+                     f"{run.train_batch * jax.process_count()})"
+                     if jax.process_count() > 1 else "")
+        logger.info(f"=> training {cfg.model.name} on {cfg.dataset.name} "
+                    f"({run.train_loader.dataset_size} samples, {run.steps_per_epoch} steps "
+                    f"per epoch, batch {run.train_batch} on {run.num_devices} device(s)"
+                    f"{processes}) into {run.workdir}")
+        return create_train_state(cfg, variables, run.steps_per_epoch)[0]
+
+    state, record = checkpoints.restore(create_train_state(cfg, variables,
+                                                           run.steps_per_epoch)[0])
+    for skipped, reason in checkpoints.skipped:
+        logger.info(f"=> WARNING: the checkpoint of step {skipped} in {checkpoints.directory} "
+                    f"cannot be restored ({reason}); moved to "
+                    f"{checkpoints.set_aside_directory}, resuming from an older one")
+    if record.get("steps_per_epoch") != run.steps_per_epoch:
+        raise ValueError(
+            f"{checkpoints.directory}: the run being resumed had "
+            f"{record.get('steps_per_epoch')} steps per epoch, this one has "
+            f"{run.steps_per_epoch} (batch size, device count or dataset changed); resume "
+            "with the same settings or use a new --workdir")
+    run.best_perf, run.best_step = record.get("best_perf"), record.get("best_step")
+    logger.info(f"=> resuming from {checkpoints.directory} at step {int(state.step)} "
+                f"(epoch {record['epoch']})")
+    return state
+
+
+def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest) -> tuple[Any, int]:
+    """Trains from ``step`` to the end of its epoch, ``run.total_steps`` or a stop
+    request, whichever comes first; returns the state and the step reached."""
+    cfg, per_epoch = run.cfg, run.steps_per_epoch
+    epoch = step // per_epoch
+    run.train_loader.set_state({"epoch": epoch, "batch": step % per_epoch})
+    meter = _EpochMeter(epoch, per_epoch, run.train_batch)
+    bar = logs.progress(per_epoch, step % per_epoch, f"epoch {epoch}") \
+        if run.show_progress else None
+    every = cfg.train.checkpoint_every_steps
+    try:
+        t_fetch = time.perf_counter()
+        for arrays, batch in _prefetch(run.train_loader):
+            data_seconds = time.perf_counter() - t_fetch
+            state_r, metrics = run.train_step(state_r, *arrays)
+            meter.add(metrics, data_seconds)
+            if not run.compiled:
+                meter.leave_out_of_timing()
+                run.compiled = True
+            step += 1
+            index = step - epoch * per_epoch
+            if bar is not None:
+                bar.update(1)
+            if index % cfg.print_freq == 0 or index == per_epoch or step == run.total_steps:
+                run.flush(meter, step, index)
+                if cfg.debug and run.is_main:
+                    run.save_debug_images(f"train_{epoch}_{index}", batch, metrics)
+            if every and step % every == 0:
+                run.flush(meter, step, index)
+                state_r = run.sync(state_r)
+                run.save(state_r, step)
+            if step >= run.total_steps or stop.requested:
+                break
+            t_fetch = time.perf_counter()
+    finally:
+        if bar is not None:
+            bar.close()
+    run.flush(meter, step, step - epoch * per_epoch)
+    return state_r, step
+
+
+def _validate(run: _Run, state_r: Any, step: int) -> Evaluation:
+    """Validates ``state_r`` (statistics already synchronised) and keeps the best model."""
+    cfg, logger = run.cfg, run.logger
+    variables_r = {"params": state_r.params, "batch_stats": state_r.batch_stats}
+    run.valid_loader.set_state({"epoch": 0, "batch": 0})
+    result = evaluate(run.eval_step, variables_r, run.valid_loader,
+                      output_dir=run.workdir if run.is_main else None,
+                      show_progress=run.show_progress, total_batches=len(run.valid_loader))
+    logger.info(f"Test: step {step}\tLoss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
+    if result.table is not None:
+        logger.info(format_table(result.table, cfg.model.name))
+    run.scalars.write(step, {"valid_loss": result.loss, "valid_acc": result.accuracy,
+                             **{f"valid/{k}": v for k, v in result.scalars().items()}})
+    perf = result.score
+    if perf is not None and (run.best_perf is None or perf > run.best_perf):
+        run.best_perf, run.best_step = perf, step
+        best = os.path.join(run.workdir, BEST_MODEL_DIR)
+        if run.is_main:
+            save_model(best, unreplicate(variables_r), cfg)
+        logger.info(f"=> best so far: {run.valid_loader.dataset.headline_metric} {perf:.3f} "
+                    f"at step {step}, saved to {best}")
+    return result
+
+
+def _validation_due(run: _Run, step: int) -> bool:
+    epochs, within = divmod(step, run.steps_per_epoch)
+    return (within == 0 and epochs % max(1, run.cfg.train.eval_every_epochs) == 0) \
+        or step >= run.total_steps
+
+
+def _run_epochs(run: _Run, state_r: Any, stop: StopRequest) -> TrainResult:
+    step = int(unreplicate(state_r.step))
+    evaluation, evaluated_at = None, -1
+    while step < run.total_steps:
+        state_r, step = _train_epoch(run, state_r, step, stop)
+        state_r = run.sync(state_r)
+        if stop.requested:
+            run.save(state_r, step)
+            run.checkpoints.wait()
+            run.logger.info(
+                f"=> stopped by {stop.requested} at step {step} (epoch "
+                f"{step // run.steps_per_epoch}, batch {step % run.steps_per_epoch} of "
+                f"{run.steps_per_epoch}); checkpoint written to {run.checkpoints.directory}. "
+                "Run the same command to resume from it.")
+            return run.result(step, evaluation, stopped_by=stop.requested)
+        if _validation_due(run, step):
+            evaluation, evaluated_at = _validate(run, state_r, step), step
+        run.save(state_r, step)
+    if evaluated_at != step and step > 0:
+        # Resumed a finished run: report where it stands.
+        evaluation = _validate(run, state_r, step)
+    if run.is_main:
+        final = save_model(os.path.join(run.workdir, FINAL_MODEL_DIR),
+                           unreplicate({"params": state_r.params,
+                                        "batch_stats": state_r.batch_stats}), run.cfg)
+        run.logger.info(f"=> final model: {final}")
+    return run.result(step, evaluation)
 
 
 def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = None,
@@ -236,7 +401,8 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
         :mod:`hrnet_jax.data.registry`) must exist, or is generated once (the
         synthetic sets).
       workdir: holds ``checkpoints/``, ``model_best/``, ``final_model/``,
-        ``train.log``, ``metrics.jsonl`` and TensorBoard files.
+        ``train.log``, ``metrics.jsonl`` and TensorBoard files (see
+        :mod:`hrnet_jax.workdir`).
       max_steps: stop after this many steps in all (counting those of the run
         being resumed); None trains to ``train.end_epoch``.
       pretrained: a reference ImageNet HRNet ``.pth`` to start the backbone
@@ -253,173 +419,19 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
     workdir = os.path.abspath(os.fspath(workdir))
     main_process = jax.process_index() == 0
     logger = logs.get_logger(workdir if main_process else None, quiet=not main_process)
-    show_progress = show_progress and main_process
-    num_devices = jax.local_device_count()
-    train_batch = cfg.train.batch_size_per_device * num_devices
-    valid_batch = cfg.test.batch_size_per_device * num_devices
-    prepare_data(cfg)
-
-    train_loader = data_lib.build_loader(cfg, "train", batch_size=train_batch, seed=cfg.seed,
-                                         shuffle=cfg.train.shuffle, workers=cfg.workers,
-                                         prefetch=cfg.prefetch)
-    valid_loader = data_lib.build_loader(cfg, "valid", batch_size=valid_batch, seed=cfg.seed,
-                                         shuffle=False, workers=cfg.workers,
-                                         prefetch=cfg.prefetch)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training set is smaller than one batch of {train_batch} "
-                         f"({num_devices} device(s) x train.batch_size_per_device)")
-    total_steps = cfg.train.end_epoch * steps_per_epoch
-    if max_steps is not None:
-        total_steps = min(total_steps, int(max_steps))
-
-    variables = init_variables(cfg, jax.random.key(cfg.seed))
-    state, schedule = create_train_state(cfg, variables, steps_per_epoch)
-    checkpoints = Checkpoints(os.path.join(workdir, CHECKPOINT_DIR),
-                              keep=cfg.train.keep_checkpoints)
-    scalars = logs.Scalars(workdir, enabled=jax.process_index() == 0, logger=logger)
-    run = _Run(cfg, workdir, logger, total_steps, steps_per_epoch, train_batch, checkpoints,
-               scalars)
-
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        state, record = checkpoints.restore(state)
-        for skipped, reason in checkpoints.skipped:
-            logger.info(f"=> WARNING: the checkpoint of step {skipped} in {checkpoints.directory} "
-                        f"cannot be restored ({reason}); moved to "
-                        f"{checkpoints.set_aside_directory}, resuming from an older one")
-        if record.get("steps_per_epoch") != steps_per_epoch:
-            raise ValueError(
-                f"{checkpoints.directory}: the run being resumed had "
-                f"{record.get('steps_per_epoch')} steps per epoch, this one has "
-                f"{steps_per_epoch} (batch size, device count or dataset changed); resume with "
-                "the same settings or use a new --workdir")
-        run.best_perf, run.best_step = record.get("best_perf"), record.get("best_step")
-        logger.info(f"=> resuming from {checkpoints.directory} at step {int(state.step)} "
-                    f"(epoch {record['epoch']})")
-    else:
-        if pretrained:
-            variables = _load_pretrained(cfg, variables, pretrained, logger)
-            state, schedule = create_train_state(cfg, variables, steps_per_epoch)
-        if run.is_main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
-        processes = (f" in each of {jax.process_count()} processes (global batch "
-                     f"{train_batch * jax.process_count()})" if jax.process_count() > 1 else "")
-        logger.info(f"=> training {cfg.model.name} on {cfg.dataset.name} "
-                    f"({train_loader.dataset_size} "
-                    f"samples, {steps_per_epoch} steps per epoch, batch {train_batch} on "
-                    f"{num_devices} device(s){processes}) into {workdir}")
-
-    train_step = announce_compilation(make_train_step(cfg, schedule, return_output=cfg.debug),
-                                      describe_step("train step", cfg, train_batch), logger.info)
-    eval_step = announce_compilation(make_eval_step(cfg),
-                                     describe_step("eval step", cfg, valid_batch), logger.info)
-    headline = valid_loader.dataset.headline_metric
-    step = int(state.step)
-    state_r = replicate(state)
-    del state
-    last_eval: Evaluation | None = None
-    last_eval_step = -1
-    compiled = False
-
-    def run_validation(state_r: Any, step: int) -> tuple[Any, Evaluation]:
-        """Validates ``state_r`` (statistics already synchronised); keeps the best model."""
-        variables_r = {"params": state_r.params, "batch_stats": state_r.batch_stats}
-        valid_loader.set_state({"epoch": 0, "batch": 0})
-        result = evaluate(eval_step, variables_r, valid_loader,
-                          output_dir=workdir if run.is_main else None,
-                          show_progress=show_progress, total_batches=len(valid_loader))
-        logger.info(f"Test: step {step}\tLoss {result.loss:.5f}\tAccuracy {result.accuracy:.3f}")
-        if result.table is not None:
-            logger.info(format_table(result.table, cfg.model.name))
-        scalars.write(step, {"valid_loss": result.loss, "valid_acc": result.accuracy,
-                             **{f"valid/{k}": v for k, v in result.scalars().items()}})
-        perf = result.score
-        if perf is not None and (run.best_perf is None or perf > run.best_perf):
-            run.best_perf, run.best_step = perf, step
-            if run.is_main:
-                save_model(os.path.join(workdir, BEST_MODEL_DIR), unreplicate(variables_r), cfg)
-            logger.info(f"=> best so far: {headline} {perf:.3f} at step {step}, "
-                        f"saved to {os.path.join(workdir, BEST_MODEL_DIR)}")
-        return state_r, result
-
-    # Processes would stop at different steps and wait for each other forever: a
-    # multi-process run keeps the default signal behaviour (see README).
     stop = StopRequest()
-    if jax.process_count() == 1:
-        stop.install()
+    run = None
     try:
-        while step < total_steps:
-            epoch = step // steps_per_epoch
-            start = step % steps_per_epoch
-            train_loader.set_state({"epoch": epoch, "batch": start})
-            meter = _EpochMeter(epoch, steps_per_epoch, train_batch)
-            bar = logs.progress(steps_per_epoch, start, f"epoch {epoch}") if show_progress \
-                else None
-            t_fetch = time.perf_counter()
-
-            for arrays, batch in _prefetch(train_loader):
-                data_seconds = time.perf_counter() - t_fetch
-                state_r, metrics = train_step(state_r, *arrays)
-                meter.add(metrics, data_seconds)
-                if not compiled:
-                    meter.leave_out_of_timing()
-                    compiled = True
-                step += 1
-                index = step - epoch * steps_per_epoch
-                if bar is not None:
-                    bar.update(1)
-                if index % cfg.print_freq == 0 or index == steps_per_epoch \
-                        or step == total_steps:
-                    run.flush(meter, step, index)
-                    if cfg.debug and run.is_main:
-                        run.save_debug_images(f"train_{epoch}_{index}", batch, metrics)
-                every = cfg.train.checkpoint_every_steps
-                if every and step % every == 0:
-                    run.flush(meter, step, index)
-                    state_r = run.sync(state_r)
-                    run.save(state_r, step)
-                if step >= total_steps or stop.requested:
-                    break
-                t_fetch = time.perf_counter()
-            if bar is not None:
-                bar.close()
-            if stop.requested:
-                run.flush(meter, step, step - epoch * steps_per_epoch)
-                state_r = run.sync(state_r)
-                run.save(state_r, step)
-                checkpoints.wait()
-                logger.info(
-                    f"=> stopped by {stop.requested} at step {step} (epoch {step // steps_per_epoch}, "
-                    f"batch {step % steps_per_epoch} of {steps_per_epoch}); checkpoint written to "
-                    f"{checkpoints.directory}. Run the same command to resume from it.")
-                return TrainResult(workdir=workdir, step=step, epoch=step // steps_per_epoch,
-                                   best_perf=run.best_perf, last_evaluation=last_eval,
-                                   stopped_by=stop.requested)
-
-            epoch_done = step % steps_per_epoch == 0
-            due = epoch_done and (step // steps_per_epoch) % max(1, cfg.train.eval_every_epochs) == 0
-            state_r = run.sync(state_r)
-            if due or step >= total_steps:
-                state_r, last_eval = run_validation(state_r, step)
-                last_eval_step = step
-            run.save(state_r, step)
-        if last_eval_step != step and step > 0:
-            # Resumed a finished run: report where it stands.
-            state_r, last_eval = run_validation(state_r, step)
-        if run.is_main:
-            final = save_model(os.path.join(workdir, FINAL_MODEL_DIR),
-                               unreplicate({"params": state_r.params,
-                                            "batch_stats": state_r.batch_stats}), cfg)
-            logger.info(f"=> final model: {final}")
+        prepare_dataset(cfg)
+        run = _Run(cfg, workdir, logger, max_steps=max_steps, show_progress=show_progress)
+        state_r = replicate(_initial_state(run, pretrained))
+        # Processes would stop at different steps and wait for each other forever: a
+        # multi-process run keeps the default signal behaviour (see README).
+        if jax.process_count() == 1:
+            stop.install()
+        return _run_epochs(run, state_r, stop)
     finally:
         stop.restore()
-        checkpoints.close()
-        scalars.close()
-        for loader in (train_loader, valid_loader):
-            loader.close()
+        if run is not None:
+            run.close()
         logs.close_logger(logger)
-    return TrainResult(workdir=workdir, step=step, epoch=step // steps_per_epoch,
-                       best_perf=run.best_perf, last_evaluation=last_eval)
-

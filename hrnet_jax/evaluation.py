@@ -11,9 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from hrnet_jax import logs
 from hrnet_jax.config import Config
-from hrnet_jax.train import logs
 from hrnet_jax.train.steps import shard
+from hrnet_jax.workdir import RESULTS_FILE
 
 
 @dataclasses.dataclass
@@ -136,7 +137,7 @@ def validate(cfg: Config, variables: Any, *, flip_test: bool | None = None,
     hears when the eval step compiles and how long it took.
     """
     from hrnet_jax import data as data_lib
-    from hrnet_jax.train.compilation import announce_compilation, describe_step
+    from hrnet_jax.compilation import announce_compilation, describe_step
     from hrnet_jax.train.steps import make_eval_step, replicate
 
     batch = cfg.test.batch_size_per_device * jax.local_device_count()
@@ -145,8 +146,7 @@ def validate(cfg: Config, variables: Any, *, flip_test: bool | None = None,
         describe_step("eval step", cfg, batch), log or (lambda line: None))
     variables_r = replicate({"params": variables["params"],
                              "batch_stats": variables["batch_stats"]})
-    with data_lib.build_loader(cfg, "valid", batch_size=batch, seed=cfg.seed, shuffle=False,
-                               workers=cfg.workers, prefetch=cfg.prefetch) as loader:
+    with data_lib.build_loader(cfg, "valid", batch_size=batch) as loader:
         return evaluate(eval_step, variables_r, loader, output_dir=output_dir,
                         show_progress=show_progress, total_batches=len(loader))
 
@@ -158,7 +158,7 @@ def write_results(result: Evaluation, out_dir: str | os.PathLike,
     os.makedirs(out_dir, exist_ok=True)
     table = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
              for k, v in (result.table or {}).items()}
-    json_path = os.path.join(out_dir, "results.json")
+    json_path = os.path.join(out_dir, RESULTS_FILE)
     with open(json_path, "w") as f:
         json.dump({"table": table, "headline": result.headline, "loss": result.loss,
                    "accuracy": result.accuracy, **(info or {})}, f, indent=2)

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from hrnet_jax import config as config_lib
+from hrnet_jax.compilation import cache_counts
 from hrnet_jax.config import Config, get_config, override
 from hrnet_jax.models.hrnet import SCAN_MODES, scan_mode
-from hrnet_jax.train.compilation import cache_counts
 from hrnet_jax.train.state import create_train_state, init_variables
 from hrnet_jax.train.steps import make_eval_step, make_train_step, replicate
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import tqdm
 
+from hrnet_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, TRAIN_LOG
+
 LOGGER_NAME = "hrnet_jax"
 
 
@@ -35,7 +37,7 @@ def get_logger(workdir: str | os.PathLike | None = None, *, quiet: bool = False)
     logger.addHandler(console)
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(workdir, "train.log"))
+        file_handler = logging.FileHandler(os.path.join(workdir, TRAIN_LOG))
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(file_handler)
     return logger
@@ -109,7 +111,7 @@ class Scalars:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._file = open(os.path.join(workdir, METRICS_FILE), "a")
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
@@ -117,7 +119,7 @@ class Scalars:
                 logger.info("tensorboardX is not installed: scalars go to metrics.jsonl only "
                             "(pip install tensorboardX for TensorBoard)")
         else:
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
