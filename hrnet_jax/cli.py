@@ -125,6 +125,19 @@ def initialize_distributed(args: argparse.Namespace) -> None:
                                heartbeat_timeout_seconds=int(args.heartbeat_timeout))
 
 
+def parse_and_start(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parses a training or evaluation command line, turns on the compilation cache
+    (``--compilation-cache``) and joins the other processes (``--multihost``);
+    a bad flag ends the program with the parser's usage message."""
+    args = parser.parse_args(argv)
+    enable_compilation_cache(args.compilation_cache)
+    try:
+        initialize_distributed(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
 def is_first_process() -> bool:
     """True in a single-process run and in process 0 of a multi-process one."""
     import jax

@@ -40,13 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="COCO-style datasets: test on the ground-truth boxes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+    args = cli.parse_and_start(parser, argv)
 
-    cli.enable_compilation_cache(args.compilation_cache)
-    try:
-        cli.initialize_distributed(args)
-    except ValueError as e:
-        parser.error(str(e))
     from hrnet_jax.config import override
     from hrnet_jax.data.registry import prepare_dataset
     from hrnet_jax.data.workers import WorkerError

@@ -37,14 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference ImageNet HRNet .pth to initialise the backbone from")
     cli.add_distributed_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = cli.parse_and_start(parser, argv)
 
-
-    cli.enable_compilation_cache(args.compilation_cache)
-    try:
-        cli.initialize_distributed(args)
-    except ValueError as e:
-        parser.error(str(e))
     from hrnet_jax.config import override
     from hrnet_jax.data.registry import dataset_class
     from hrnet_jax.data.workers import WorkerError
