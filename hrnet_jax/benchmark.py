@@ -2,7 +2,7 @@
 
 The steps timed are the ones training runs: :func:`~hrnet_jax.train.steps.make_train_step`
 (forward, backward, Adam update, PCK; state donated) and
-:func:`~hrnet_jax.train.steps.make_eval_step` (with the flip test and
+:func:`~hrnet_jax.evaluation.make_eval_step` (with the flip test and
 post-processing, as validation runs it), pmap'd over every local device.
 
 For each step the pmap'd function is lowered and compiled ahead of time, so
@@ -35,9 +35,11 @@ import jax.numpy as jnp
 from hrnet_jax import config as config_lib
 from hrnet_jax.compilation import cache_counts
 from hrnet_jax.config import Config, get_config, override
+from hrnet_jax.evaluation import make_eval_step
 from hrnet_jax.models.hrnet import SCAN_MODES, scan_mode
+from hrnet_jax.parallel import replicate
 from hrnet_jax.train.state import create_train_state, init_variables
-from hrnet_jax.train.steps import make_eval_step, make_train_step, replicate
+from hrnet_jax.train.steps import make_train_step
 
 DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "f32": "float32",
                  "bfloat16": "bfloat16", "bf16": "bfloat16"}

@@ -41,6 +41,9 @@ class ModelConfig:
     heatmap_size: tuple[int, int] = (64, 64)  # (width, height)
     sigma: float = 2.0
     target_type: str = "gaussian"
+    # layer1 after the stem: one branch of residual blocks (the reference pose
+    # network's fixed 4 BOTTLENECK blocks of 64 planes unless MODEL.EXTRA.STAGE1 says otherwise).
+    stage1: StageConfig = StageConfig(1, 1, (4,), (64,), "BOTTLENECK")
     stage2: StageConfig = StageConfig(1, 2, (4, 4), (32, 64))
     stage3: StageConfig = StageConfig(4, 3, (4, 4, 4), (32, 64, 128))
     stage4: StageConfig = StageConfig(3, 4, (4, 4, 4, 4), (32, 64, 128, 256))
@@ -55,6 +58,10 @@ class ModelConfig:
     # accelerators, not on the CPU), "none", "blocks", "modules" or "all".
     # The variables and the results are the same either way.
     scan: str = "auto"
+
+
+# ModelConfig's stages, in network order.
+_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,8 +389,8 @@ def from_dict(data: Mapping[str, Any]) -> Config:
             if f.name not in values:
                 continue
             v = values[f.name]
-            default = getattr(cls(), f.name) if f.name != "stage2" else None
-            if f.name in ("stage2", "stage3", "stage4"):
+            default = getattr(cls(), f.name) if f.name not in _STAGES else None
+            if f.name in _STAGES:
                 v = StageConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
             elif dataclasses.is_dataclass(default):
                 v = build(type(default), v)
@@ -455,7 +462,8 @@ def load_yaml(path: str) -> Config:
 
     Keys the JAX implementation has no use for (CUDNN, GPUS, OUTPUT_DIR, the
     COCO detection settings, ...) are accepted and ignored. The model must be
-    ``pose_hrnet``; its stages come from ``MODEL.EXTRA.STAGE2..4``.
+    ``pose_hrnet``; its stages come from ``MODEL.EXTRA.STAGE1..4`` (the
+    reference's files have no STAGE1: its layer1 is the default ``model.stage1``).
     """
     try:
         with open(path) as f:
@@ -483,7 +491,8 @@ def load_yaml(path: str) -> Config:
 
     extra = model.get("EXTRA") or {}
     stages = {}
-    for name in ("STAGE2", "STAGE3", "STAGE4"):
+    for field in _STAGES:
+        name = field.upper()
         if name not in extra:
             continue
         s = extra[name]
@@ -493,7 +502,7 @@ def load_yaml(path: str) -> Config:
                 num_branches=int(s["NUM_BRANCHES"]),
                 num_blocks=tuple(int(b) for b in s["NUM_BLOCKS"]),
                 num_channels=tuple(int(c) for c in s["NUM_CHANNELS"]),
-                block=str(s.get("BLOCK", "BASIC")),
+                block=str(s.get("BLOCK", getattr(cfg.model, field).block)),
                 fuse_method=str(s.get("FUSE_METHOD", "SUM")),
             )
         except KeyError as e:
@@ -502,7 +511,7 @@ def load_yaml(path: str) -> Config:
             raise ValueError(f"config file {path!r}: MODEL.EXTRA.{name} has NUM_BRANCHES "
                              f"{stage.num_branches} but {len(stage.num_blocks)} NUM_BLOCKS and "
                              f"{len(stage.num_channels)} NUM_CHANNELS")
-        stages[name.lower()] = stage
+        stages[field] = stage
     model_cfg = dataclasses.replace(cfg.model, **stages)
     if "PRETRAINED_LAYERS" in extra:
         model_cfg = dataclasses.replace(model_cfg, pretrained_layers=tuple(extra["PRETRAINED_LAYERS"]))

@@ -1,11 +1,31 @@
 """Reference PyTorch HRNet weights <-> Flax variables.
 
-The reference ``state_dict`` names map one to one onto Flax variable paths
-(see :mod:`hrnet_jax.models.hrnet` for the naming rule): convolution weights
-are transposed from (O, I, kH, kW) to (kH, kW, I, O), BatchNorm
-``weight``/``bias``/``running_mean``/``running_var`` become
-``scale``/``bias`` (params) and ``mean``/``var`` (batch_stats), and
-``num_batches_tracked`` is accepted and dropped.
+The network is the one description of its variables: :func:`reference_layout`
+takes every variable's path and shape from ``jax.eval_shape`` of
+``build_model(cfg).init`` and names it with two rules.
+
+Names: a Flax module path is the reference module name with each numeric
+index glued to the name before it by ``_`` (:func:`flax_module_path`,
+:func:`reference_module_name`; see :mod:`hrnet_jax.models.hrnet`).
+
+Leaves: a convolution's ``kernel`` (kH, kW, I, O) is ``weight``
+(O, I, kH, kW) and its ``bias`` is ``bias``; a module holding
+``batch_stats`` is a BatchNorm, whose ``scale``/``bias`` (params) and
+``mean``/``var`` (batch_stats) are ``weight``/``bias``/``running_mean``/
+``running_var``, followed by ``num_batches_tracked``, which has no Flax
+counterpart: written as 0, accepted and dropped when read.
+
+Order: PyTorch's ``state_dict`` lists a module's own parameters, then its own
+buffers, then its children in registration order. The reference registers
+every module in the order its ``forward`` first calls it, and Flax creates a
+compact module's children, and their variables, in the order ``__call__``
+first calls them; so ``init``'s creation order of modules is the reference's
+order, and within a module the ``params`` leaves (parameters, created in the
+reference's order: ``kernel`` then ``bias``, ``scale`` then ``bias``) come
+before its ``batch_stats`` leaves (buffers). JAX's pytree functions, and so
+``eval_shape``'s result, sort dict keys: the creation order is read from the
+dicts ``init`` returns, while ``eval_shape`` traces it. specs/test_convert.py
+holds this against the reference's own ``state_dict`` listings.
 
 Nothing here needs PyTorch except :func:`read_torch_checkpoint`, which imports
 it on first use.
@@ -15,17 +35,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hrnet_jax.config import Config, ModelConfig
-
-_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
-_STEM_WIDTH = 64
+from hrnet_jax.models import build_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,100 +87,97 @@ def _model_config(cfg: Config | ModelConfig) -> ModelConfig:
     return cfg.model if isinstance(cfg, Config) else cfg
 
 
-def _conv(module: str, out_ch: int, in_ch: int, k: int) -> Iterator[tuple[str, str, tuple]]:
-    yield module, "weight", (out_ch, in_ch, k, k)
-
-
-def _bn(module: str, ch: int) -> Iterator[tuple[str, str, tuple]]:
-    for leaf in ("weight", "bias", "running_mean", "running_var"):
-        yield module, leaf, (ch,)
-    yield module, "num_batches_tracked", ()
-
-
-def _block(prefix: str, kind: str, in_ch: int, planes: int, downsample: bool):
-    out_ch = planes * _EXPANSION[kind]
-    if kind == "BASIC":
-        yield from _conv(f"{prefix}.conv1", planes, in_ch, 3)
-        yield from _bn(f"{prefix}.bn1", planes)
-        yield from _conv(f"{prefix}.conv2", planes, planes, 3)
-        yield from _bn(f"{prefix}.bn2", planes)
-    else:
-        yield from _conv(f"{prefix}.conv1", planes, in_ch, 1)
-        yield from _bn(f"{prefix}.bn1", planes)
-        yield from _conv(f"{prefix}.conv2", planes, planes, 3)
-        yield from _bn(f"{prefix}.bn2", planes)
-        yield from _conv(f"{prefix}.conv3", out_ch, planes, 1)
-        yield from _bn(f"{prefix}.bn3", out_ch)
-    if downsample:
-        yield from _conv(f"{prefix}.downsample.0", out_ch, in_ch, 1)
-        yield from _bn(f"{prefix}.downsample.1", out_ch)
-
-
-def _reference_modules(m: ModelConfig) -> Iterator[tuple[str, str, tuple]]:
-    """(module, leaf, shape) in the reference's registration order."""
-    yield from _conv("conv1", _STEM_WIDTH, 3, 3)
-    yield from _bn("bn1", _STEM_WIDTH)
-    yield from _conv("conv2", _STEM_WIDTH, _STEM_WIDTH, 3)
-    yield from _bn("bn2", _STEM_WIDTH)
-    in_ch = _STEM_WIDTH
-    for k in range(4):
-        yield from _block(f"layer1.{k}", "BOTTLENECK", in_ch, _STEM_WIDTH, k == 0)
-        in_ch = _STEM_WIDTH * _EXPANSION["BOTTLENECK"]
-
-    pre = (in_ch,)
-    for s, stage in enumerate((m.stage2, m.stage3, m.stage4), start=2):
-        expansion = _EXPANSION[stage.block]
-        cur = tuple(c * expansion for c in stage.num_channels)
-        t = f"transition{s - 1}"
-        for i, width in enumerate(cur):
-            if i < len(pre):
-                if width != pre[i]:
-                    yield from _conv(f"{t}.{i}.0", width, pre[i], 3)
-                    yield from _bn(f"{t}.{i}.1", width)
-                continue
-            steps = i + 1 - len(pre)
-            for j in range(steps):
-                out = width if j == steps - 1 else pre[-1]
-                yield from _conv(f"{t}.{i}.{j}.0", out, pre[-1], 3)
-                yield from _bn(f"{t}.{i}.{j}.1", out)
-        for mod in range(stage.num_modules):
-            prefix = f"stage{s}.{mod}"
-            for i in range(stage.num_branches):
-                for k in range(stage.num_blocks[i]):
-                    downsample = k == 0 and cur[i] != stage.num_channels[i] * expansion
-                    yield from _block(f"{prefix}.branches.{i}.{k}", stage.block,
-                                      cur[i], stage.num_channels[i], downsample)
-            if stage.num_branches == 1:
-                continue
-            last = s == 4 and mod == stage.num_modules - 1
-            for i in range(1 if last else stage.num_branches):
-                for j in range(stage.num_branches):
-                    f = f"{prefix}.fuse_layers.{i}.{j}"
-                    if j > i:
-                        yield from _conv(f"{f}.0", cur[i], cur[j], 1)
-                        yield from _bn(f"{f}.1", cur[i])
-                    elif j < i:
-                        for k in range(i - j):
-                            out = cur[i] if k == i - j - 1 else cur[j]
-                            yield from _conv(f"{f}.{k}.0", out, cur[j], 3)
-                            yield from _bn(f"{f}.{k}.1", out)
-        pre = cur
-    k = m.final_conv_kernel
-    yield "final_layer", "weight", (m.num_joints, pre[0], k, k)
-    yield "final_layer", "bias", (m.num_joints,)
-
-
-_BN_LEAVES = {
-    "weight": ("params", "scale"),
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
-    "num_batches_tracked": (None, "num_batches_tracked"),
+# Flax leaf -> reference leaf, per collection (the leaf rules of the module docstring).
+_LEAF_NAMES = {
+    "params": {"kernel": "weight", "scale": "weight", "bias": "bias"},
+    "batch_stats": {"mean": "running_mean", "var": "running_var"},
 }
+# The smallest legal input side: variable shapes do not depend on the input size.
+_PROBE_SIDE = 32
+# ModelConfig fields that change no variable (the parameters are float32 in
+# every compute dtype; init never scans). The layout cache sees each at one
+# value; a field not listed is part of the key, so a new one is safe by default.
+_LAYOUT_FREE_FIELDS = ("name", "image_size", "heatmap_size", "sigma", "target_type",
+                       "pretrained", "pretrained_layers", "dtype", "scan")
+
+
+class _Layout(NamedTuple):
+    entries: tuple[ReferenceEntry, ...]  # reference order
+    flax_shapes: dict[tuple[str, ...], tuple[int, ...]]  # (collection, *path) -> shape
+
+
+def _layout_key(cfg: Config | ModelConfig) -> ModelConfig:
+    plain = ModelConfig()
+    free = {name: getattr(plain, name) for name in _LAYOUT_FREE_FIELDS}
+    return dataclasses.replace(_model_config(cfg), **{**free, "scan": "none"})
+
+
+def _items_in_order(tree: Mapping, prefix: tuple[str, ...] = ()
+                    ) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, leaf) of a nested dict in its insertion order (jax.tree sorts keys)."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _items_in_order(value, prefix + (str(key),))
+        else:
+            yield prefix + (str(key),), value
+
+
+@functools.lru_cache(maxsize=32)
+def _derive_layout(model_cfg: ModelConfig) -> _Layout:
+    """The layout of ``build_model(model_cfg)``, from its abstract ``init``."""
+    model = build_model(model_cfg)
+    created: dict[str, list[tuple[str, ...]]] = {}
+
+    def init(rng: jax.Array) -> Any:
+        variables = model.init(rng, jnp.zeros((1, 3, _PROBE_SIDE, _PROBE_SIDE)), train=False)
+        for collection, tree in variables.items():
+            created[collection] = [path for path, _ in _items_in_order(tree)]
+        return variables
+
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    # module path -> collection -> leaf names; modules in params creation order.
+    modules: dict[tuple[str, ...], dict[str, list[str]]] = {}
+    for collection in created:
+        if collection not in _LEAF_NAMES:
+            raise ValueError(f"convert: the network has a {collection!r} collection, "
+                             f"which the reference layout has no rule for")
+    for collection in _LEAF_NAMES:
+        for path in created.get(collection, ()):
+            module = path[:-1]
+            if collection != "params" and module not in modules:
+                raise ValueError(f"convert: {collection}/{'/'.join(path)} belongs to a module "
+                                 f"without params, which the reference layout has no rule for")
+            modules.setdefault(module, {}).setdefault(collection, []).append(path[-1])
+
+    entries, flax_shapes = [], {}
+    for module, leaves in modules.items():
+        name = reference_module_name(module)
+        for collection, names in _LEAF_NAMES.items():
+            for leaf in leaves.get(collection, ()):
+                if leaf not in names:
+                    raise ValueError(f"convert: {collection}/{'/'.join(module + (leaf,))} has no "
+                                     f"reference counterpart (known leaves: {sorted(names)})")
+                path = module + (leaf,)
+                shape = tuple(_get(abstract[collection], path).shape)
+                flax_shapes[(collection,) + path] = shape
+                if leaf == "kernel":  # (kH, kW, I, O) -> (O, I, kH, kW)
+                    shape = (shape[3], shape[2], shape[0], shape[1])
+                entries.append(ReferenceEntry(f"{name}.{names[leaf]}", shape, collection, path))
+        if "batch_stats" in leaves:
+            entries.append(ReferenceEntry(f"{name}.num_batches_tracked", (), None,
+                                          module + ("num_batches_tracked",)))
+    return _Layout(tuple(entries), flax_shapes)
+
+
+def _layout(cfg: Config | ModelConfig) -> _Layout:
+    return _derive_layout(_layout_key(cfg))
 
 
 def reference_layout(cfg: Config | ModelConfig) -> list[ReferenceEntry]:
     """Every reference ``state_dict`` entry of ``cfg``'s network, in reference order.
+
+    Derived from the network itself (``jax.eval_shape`` of its ``init``) once
+    per distinct network; later calls are a cache lookup.
 
     Args:
       cfg: configuration (only the ``model`` section is used).
@@ -168,18 +186,7 @@ def reference_layout(cfg: Config | ModelConfig) -> list[ReferenceEntry]:
       The entries, ``num_batches_tracked`` included, as the reference's
       ``model.state_dict()`` lists them.
     """
-    entries = []
-    for module, leaf, shape in _reference_modules(_model_config(cfg)):
-        base = flax_module_path(module)
-        if len(shape) == 4:
-            collection, flax_leaf = "params", "kernel"
-        elif module == "final_layer" and leaf == "bias":
-            collection, flax_leaf = "params", "bias"
-        else:
-            collection, flax_leaf = _BN_LEAVES[leaf]
-        entries.append(ReferenceEntry(f"{module}.{leaf}", tuple(shape), collection,
-                                      base + (flax_leaf,)))
-    return entries
+    return list(_layout(cfg).entries)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -188,13 +195,6 @@ def _to_numpy(value: Any) -> np.ndarray:
         if str(value.dtype) == "torch.bfloat16":
             value = value.float()
     return np.asarray(value)
-
-
-def _flax_shape(entry: ReferenceEntry) -> tuple[int, ...]:
-    if entry.is_conv_kernel:
-        o, i, kh, kw = entry.shape
-        return (kh, kw, i, o)
-    return entry.shape
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -241,7 +241,7 @@ def torch_state_dict_to_variables(
     Raises:
       ValueError: listing every missing, unexpected and mis-shaped key.
     """
-    layout = reference_layout(cfg)
+    layout = _layout(cfg).entries
     known = {e.name: e for e in layout}
     missing, mismatched = [], []
     variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -268,25 +268,17 @@ def torch_state_dict_to_variables(
     return variables
 
 
-def _check_variables(variables: Mapping[str, Any], layout: list[ReferenceEntry]) -> None:
-    missing, mismatched = [], []
-    expected_paths = set()
-    for entry in layout:
-        if entry.collection is None:
-            continue
-        expected_paths.add((entry.collection,) + entry.path)
-        label = f"{entry.collection}/{'/'.join(entry.path)}"
-        try:
-            shape = tuple(np.shape(_get(variables[entry.collection], entry.path)))
-        except (KeyError, TypeError):
-            missing.append(f"{label} {_flax_shape(entry)}")
-            continue
-        if shape != _flax_shape(entry):
-            mismatched.append(f"{label}: expected {_flax_shape(entry)}, got {shape}")
-    unexpected = [
-        "/".join(p) for c in ("params", "batch_stats") if isinstance(variables.get(c), Mapping)
-        for p in _leaf_paths(variables[c], (c,)) if p not in expected_paths
-    ]
+def _check_variables(variables: Mapping[str, Any],
+                     expected: Mapping[tuple[str, ...], tuple[int, ...]]) -> None:
+    given = {
+        path: tuple(np.shape(leaf)) for c in ("params", "batch_stats")
+        if isinstance(variables.get(c), Mapping)
+        for path, leaf in _items_in_order(variables[c], (c,))
+    }
+    missing = [f"{'/'.join(p)} {shape}" for p, shape in expected.items() if p not in given]
+    unexpected = ["/".join(p) for p in given if p not in expected]
+    mismatched = [f"{'/'.join(p)}: expected {shape}, got {given[p]}"
+                  for p, shape in expected.items() if p in given and given[p] != shape]
     if missing or unexpected or mismatched:
         raise ValueError(_format_problems(
             "variables do not match the network of this config", missing, unexpected,
@@ -296,12 +288,14 @@ def _check_variables(variables: Mapping[str, Any], layout: list[ReferenceEntry])
 def check_variables(variables: Mapping[str, Any], cfg: Config | ModelConfig) -> None:
     """Checks that ``variables`` has exactly the leaves and shapes of ``build_model(cfg)``.
 
-    Pure Python over the reference layout: nothing is traced or copied.
+    The expected tree is ``jax.eval_shape`` of the network's ``init``, traced
+    once per distinct network and cached; ``variables`` are neither traced
+    nor copied.
 
     Raises:
       ValueError: listing every missing, unexpected and mis-shaped variable.
     """
-    _check_variables(variables, reference_layout(cfg))
+    _check_variables(variables, _layout(cfg).flax_shapes)
 
 
 def variables_to_torch_state_dict(
@@ -320,10 +314,10 @@ def variables_to_torch_state_dict(
     Raises:
       ValueError: listing every missing, unexpected and mis-shaped variable.
     """
-    layout = reference_layout(cfg)
-    _check_variables(variables, layout)
+    layout = _layout(cfg)
+    _check_variables(variables, layout.flax_shapes)
     out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-    for entry in layout:
+    for entry in layout.entries:
         if entry.collection is None:
             out[entry.name] = np.array(0, dtype=np.int64)
             continue
@@ -332,14 +326,6 @@ def variables_to_torch_state_dict(
             value = np.transpose(value, (3, 2, 0, 1))
         out[entry.name] = np.array(value, dtype=np.float32)
     return out
-
-
-def _leaf_paths(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _leaf_paths(value, prefix + (str(key),))
-    else:
-        yield prefix
 
 
 def _merge(base: Mapping, update: Mapping) -> dict:
@@ -378,10 +364,11 @@ def load_pretrained_backbone(
     selected = {k: v for k, v in state_dict.items()
                 if take_all or k.split(".", 1)[0] in layers}
     loaded_tree = torch_state_dict_to_variables(selected, cfg, strict=False)
-    layout = [e for e in reference_layout(cfg) if e.collection is not None]
+    entries = _layout(cfg).entries
+    layout = [e for e in entries if e.collection is not None]
     loaded = [e.name for e in layout if e.name in selected]
     left = [e.name for e in layout if e.name not in selected]
-    known = {e.name for e in reference_layout(cfg)}
+    known = {e.name for e in entries}
     ignored = [k for k in state_dict if k not in selected or k not in known]
     merged = {key: _merge(variables.get(key, {}), loaded_tree.get(key, {}))
               for key in ("params", "batch_stats")}

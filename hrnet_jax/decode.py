@@ -33,7 +33,7 @@ FlipPairs = Sequence[Sequence[int]]
 # pixel towards the higher neighbour (the reference's post-processing); and
 # DARK (Zhang et al., CVPR 2020).
 __all__ = ["DECODERS", "check_heatmaps", "get_max_preds", "heatmap_coords", "get_final_preds",
-           "flip_back", "fuse_flip"]
+           "flip_permutation", "flip_back", "fuse_flip", "fuse_flip_by_order"]
 # The fixed kernels that cv2.getGaussianKernel(k, 0) returns for k up to 9 (in
 # the OpenCV this project requires, 4.9+), used by the DARK authors'
 # cv2.GaussianBlur(..., (k, k), 0); larger k get sampled Gaussians.
@@ -365,7 +365,22 @@ def _float_array(value: ArrayLike) -> np.ndarray:
     return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float64)
 
 
-def _flip_permutation(flip_pairs: FlipPairs, num_joints: int) -> tuple[int, ...]:
+def flip_permutation(flip_pairs: FlipPairs, num_joints: int) -> tuple[int, ...]:
+    """The joint order of mirrored heatmaps: each flip pair swapped, other joints kept.
+
+    ``heatmaps[:, order]`` gives each joint its flip partner's map.
+
+    Args:
+      flip_pairs: pairs of joint indices that swap, e.g. ``MPII_FLIP_PAIRS``.
+      num_joints: J.
+
+    Returns:
+      ``order``, a permutation of ``range(num_joints)`` as a tuple (hashable,
+      so that it can be a static argument).
+
+    Raises:
+      ValueError: a pair names a joint outside ``range(num_joints)``.
+    """
     order = list(range(num_joints))
     for pair in flip_pairs:
         a, b = (int(i) for i in pair)
@@ -402,7 +417,7 @@ def flip_back(heatmaps_flipped: ArrayLike, flip_pairs: FlipPairs) -> jax.Array:
       (B, J, H, W) heatmaps in the unmirrored frame.
     """
     j = check_heatmaps(heatmaps_flipped, "heatmaps_flipped")[1]
-    return _flip_back(heatmaps_flipped, _flip_permutation(flip_pairs, j))
+    return _flip_back(heatmaps_flipped, flip_permutation(flip_pairs, j))
 
 
 def fuse_flip(
@@ -427,5 +442,17 @@ def fuse_flip(
     if tuple(jnp.shape(output_flipped)) != shape:
         raise ValueError(f"output_flipped: expected the output's shape (B, J, H, W) = {shape}, "
                          f"got {tuple(jnp.shape(output_flipped))}")
-    return _fuse_flip(output, output_flipped, _flip_permutation(flip_pairs, shape[1]),
+    return _fuse_flip(output, output_flipped, flip_permutation(flip_pairs, shape[1]),
                       bool(shift))
+
+
+def fuse_flip_by_order(output: ArrayLike, output_flipped: ArrayLike, order: tuple[int, ...],
+                       shift: bool = True) -> jax.Array:
+    """:func:`fuse_flip` given the joint order (:func:`flip_permutation`), without shape checks.
+
+    For traced code whose two (B, J, H, W) outputs have the same shape by
+    construction and whose shapes cannot be read while tracing: jax2onnx's
+    conversion traces ``jnp.shape`` itself (see
+    :func:`hrnet_jax.forward.predict_heatmaps`).
+    """
+    return _fuse_flip(output, output_flipped, tuple(order), bool(shift))

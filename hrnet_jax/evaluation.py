@@ -1,4 +1,5 @@
-"""Validation as the reference runs it: flip test, final predictions, the dataset's table."""
+"""Validation as the reference runs it: the pmap'd eval step (flip test, final
+predictions, loss and PCK), a pass over the validation set, the dataset's table."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hrnet_jax import logs
 from hrnet_jax.config import Config
-from hrnet_jax.train.steps import shard
+from hrnet_jax.data.registry import dataset_keypoints
+from hrnet_jax.decode import get_final_preds
+from hrnet_jax.forward import predict_heatmaps
+from hrnet_jax.losses import loss_from_config
+from hrnet_jax.metrics import pck_accuracy
+from hrnet_jax.models import build_model
+from hrnet_jax.parallel import AXIS, replicate, shard
 from hrnet_jax.workdir import RESULTS_FILE
 
 
@@ -46,6 +54,60 @@ class Evaluation:
     def scalars(self) -> dict[str, float]:
         """The table's scalar entries (curves and per-joint arrays left out)."""
         return {k: float(v) for k, v in (self.table or {}).items() if np.ndim(v) == 0}
+
+
+def pck_sums(output: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inside a pmap'd step: PCK summed over the joints it counts, and their number,
+    each added up over the devices (the reference's accuracy meter, weighted)."""
+    _, avg_acc, cnt, _ = pck_accuracy(output, target)
+    return jax.lax.psum(avg_acc * cnt, AXIS), jax.lax.psum(cnt, AXIS)
+
+
+def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | None = None,
+                   post_process: bool | None = None) -> Callable:
+    """``step(variables, images, target, target_weight, center, scale, valid)``, pmap'd.
+
+    With the flip test the heatmaps are the mean of the image's and of its
+    mirror's (flipped back, shifted one column when ``test.shift_heatmap``),
+    as the reference validates. Returns ``(outputs, sums)``: ``outputs`` holds
+    per-sample ``preds`` (D, b, J, 2) in original-image pixels and ``maxvals``
+    (D, b, J, 1); ``sums`` (replicated) ``loss_sum`` and ``count`` over valid
+    samples and PCK's ``acc_sum`` and ``acc_count``. Padding (``valid`` False)
+    counts in neither. Keypoints are decoded with ``decode`` (default
+    ``test.decode``; ``post_process=False`` is the reference's spelling of
+    ``"argmax"``), mirrored joints paired by the dataset's flip pairs.
+    """
+    model = build_model(cfg)
+    flip = cfg.test.flip_test if flip_test is None else flip_test
+    if decode is None:
+        decode = cfg.test.decode if post_process is None or post_process else "argmax"
+    flip_pairs = dataset_keypoints(cfg).flip_pairs if flip else ()
+    blur_kernel = int(cfg.test.blur_kernel)
+    shift = bool(cfg.test.shift_heatmap)
+    criterion = loss_from_config(cfg)
+
+    def per_sample_loss(output, target, target_weight):
+        return criterion(output[None], target[None], target_weight[None])
+
+    def step(variables, images, target, target_weight, center, scale, valid):
+        # The image and its mirror in two network calls, as the reference validates.
+        output = predict_heatmaps(model, variables, images, flip_test=flip, flip_pairs=flip_pairs,
+                                  shift=shift, join_mirrors=False)
+        preds, maxvals = get_final_preds(output, center, scale, decode=decode,
+                                         blur_kernel=blur_kernel)
+        mask = valid.astype(jnp.float32)
+        losses = jax.vmap(per_sample_loss)(output, target, target_weight)
+        # An all-zero target has no positive maximum, so PCK does not count it.
+        acc_sum, acc_count = pck_sums(output, target * mask[:, None, None, None])
+        sums = {
+            "loss_sum": jax.lax.psum(jnp.sum(losses * mask), AXIS),
+            "count": jax.lax.psum(jnp.sum(mask), AXIS),
+            "acc_sum": acc_sum,
+            "acc_count": acc_count,
+        }
+        return {"preds": preds, "maxvals": maxvals, "output": output}, sums
+
+    return jax.pmap(step, axis_name=AXIS)
 
 
 def predict_dataset(eval_step: Callable, variables: Any, batches: Iterable, num_records: int,
@@ -138,7 +200,6 @@ def validate(cfg: Config, variables: Any, *, flip_test: bool | None = None,
     """
     from hrnet_jax import data as data_lib
     from hrnet_jax.compilation import announce_compilation, describe_step
-    from hrnet_jax.train.steps import make_eval_step, replicate
 
     batch = cfg.test.batch_size_per_device * jax.local_device_count()
     eval_step = announce_compilation(

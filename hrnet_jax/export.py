@@ -1,12 +1,13 @@
 """The network as a file that runs without this package: StableHLO and ONNX.
 
 Both hold the eval-mode network, variables baked in as constants, mapping
-``images`` (N, 3, H, W) float32 (crops as :func:`~hrnet_jax.inference.crop_inputs`
+``images`` (N, 3, H, W) float32 (crops as :func:`~hrnet_jax.crop.crop_inputs`
 makes them) to ``heatmaps`` (N, J, H/4, W/4) float32; N is symbolic (any batch
 from one file) unless ``batch_size`` fixes it. With ``flip_test`` the file
-computes PoseEstimator's flip test: the network on the images and their mirror
-images in one batch, fused by :func:`hrnet_jax.decode.fuse_flip` with the flip
-pairs of ``cfg.dataset.name`` and ``cfg.test.shift_heatmap``.
+computes PoseEstimator's flip test, :func:`hrnet_jax.forward.predict_heatmaps`:
+the network on the images and their mirror images in one batch, fused as
+:func:`hrnet_jax.decode.fuse_flip` does with the flip pairs of
+``cfg.dataset.name`` and ``cfg.test.shift_heatmap``.
 
 * StableHLO (:func:`to_stablehlo`): ``jax.export`` serialised; running it
   needs JAX and flatbuffers only, and gives the jitted JAX model's heatmaps
@@ -44,8 +45,7 @@ from hrnet_jax import config as config_lib
 from hrnet_jax.config import Config
 from hrnet_jax.convert import check_variables
 from hrnet_jax.data.registry import dataset_keypoints
-from hrnet_jax.decode import _flip_permutation, _fuse_flip
-from hrnet_jax.inference import _predict_heatmaps
+from hrnet_jax.forward import predict_heatmaps
 from hrnet_jax.models import build_model
 from hrnet_jax.models.hrnet import BatchNorm
 
@@ -110,7 +110,7 @@ def heatmaps_function(variables: Any, cfg: Config, *, flip_test: bool = False
                       ) -> Callable[[jax.Array], jax.Array]:
     """The function :func:`to_stablehlo` exports: images (N, 3, H, W) -> heatmaps (N, J, H/4, W/4).
 
-    PoseEstimator's :func:`hrnet_jax.inference._predict_heatmaps` with
+    PoseEstimator's :func:`hrnet_jax.forward.predict_heatmaps` with
     ``variables`` closed over as constants. They pass through
     ``lax.optimization_barrier``: without it XLA folds BatchNorm's arithmetic
     on them at compile time, in another order than at run time, and the
@@ -120,8 +120,8 @@ def heatmaps_function(variables: Any, cfg: Config, *, flip_test: bool = False
     model, constants, flip_pairs, shift = _network(variables, cfg, flip_test)
 
     def heatmaps(images: jax.Array) -> jax.Array:
-        return _predict_heatmaps(model, jax.lax.optimization_barrier(constants), images,
-                                 flip_test=bool(flip_test), flip_pairs=flip_pairs, shift=shift)
+        return predict_heatmaps(model, jax.lax.optimization_barrier(constants), images,
+                                flip_test=bool(flip_test), flip_pairs=flip_pairs, shift=shift)
 
     return heatmaps
 
@@ -150,26 +150,13 @@ def _folded_batchnorm(next_fun: Callable, args: tuple, kwargs: dict, context: An
 
 def _onnx_function(variables: Any, cfg: Config, *, flip_test: bool
                    ) -> Callable[[jax.Array], jax.Array]:
-    # The computation of heatmaps_function with BatchNorm folded
-    # (_folded_batchnorm), in the forms jax2onnx converts with a symbolic batch
-    # N: its jnp.concatenate gives (N, ...) for two (N, ...) arrays, and slicing
-    # with N as a bound fails, so the mirrored batch is joined and split with
-    # lax.concatenate and lax.slice_in_dim. fuse_flip's shape check is skipped:
-    # under jax2onnx jnp.shape gives traced values, which it cannot compare.
+    # The computation of heatmaps_function with BatchNorm folded (_folded_batchnorm).
     model, constants, flip_pairs, shift = _network(variables, cfg, flip_test)
-    order = _flip_permutation(flip_pairs, cfg.model.num_joints)
-
-    def network(images: jax.Array) -> jax.Array:
-        with nn.intercept_methods(_folded_batchnorm):
-            return model.apply(constants, images, train=False)
 
     def heatmaps(images: jax.Array) -> jax.Array:
-        if not flip_test:
-            return network(images)
-        n = images.shape[0]
-        output = network(jax.lax.concatenate([images, images[..., ::-1]], 0))
-        return _fuse_flip(jax.lax.slice_in_dim(output, 0, n),
-                          jax.lax.slice_in_dim(output, n, 2 * n), order, shift)
+        with nn.intercept_methods(_folded_batchnorm):
+            return predict_heatmaps(model, constants, images, flip_test=bool(flip_test),
+                                    flip_pairs=flip_pairs, shift=shift)
 
     return heatmaps
 
@@ -413,10 +400,10 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
 def jax_heatmaps(variables: Any, cfg: Config, *, flip_test: bool = False
                  ) -> Callable[[Any], jax.Array]:
     """The JAX network an export is checked against, as PoseEstimator runs it: ``jax.jit``
-    of ``_predict_heatmaps`` with the variables as arguments, images (N, 3, H, W) ->
-    heatmaps (N, J, H/4, W/4)."""
+    of :func:`~hrnet_jax.forward.predict_heatmaps` with the variables as arguments, images
+    (N, 3, H, W) -> heatmaps (N, J, H/4, W/4)."""
     model, constants, flip_pairs, shift = _network(variables, cfg, flip_test)
-    network = jax.jit(functools.partial(_predict_heatmaps, model, flip_test=bool(flip_test),
+    network = jax.jit(functools.partial(predict_heatmaps, model, flip_test=bool(flip_test),
                                         flip_pairs=flip_pairs, shift=shift))
     constants = jax.device_put(constants)
     return lambda images: network(constants, jnp.asarray(images, jnp.float32))

@@ -1,152 +1,38 @@
 """Top-down single-image inference: boxes in, keypoints in image pixels out.
 
 Each person box is fitted to the model's aspect ratio and padded by 1.25 (as
-the reference does for detected boxes), cropped with the same affine warp as
-training, normalised with the ImageNet statistics, run through the network
-(with the flip test by default) and decoded back to image pixels.
+the reference does for detected boxes), cropped and normalised as in
+training (:mod:`hrnet_jax.crop`), run through the network with the flip test
+by default (:func:`hrnet_jax.forward.predict_heatmaps`) and decoded back to
+image pixels.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hrnet_jax import constants
 from hrnet_jax.config import Config
 from hrnet_jax.convert import check_variables
+from hrnet_jax.crop import BOX_PADDING, box_to_center_scale, check_boxes, crop_inputs
 from hrnet_jax.data.keypoints import SIDE_COLOURS, Keypoints
 from hrnet_jax.data.registry import dataset_keypoints
-from hrnet_jax.decode import fuse_flip, get_final_preds
+from hrnet_jax.decode import get_final_preds
+from hrnet_jax.forward import predict_heatmaps
+from hrnet_jax.images import read_image
 from hrnet_jax.model_file import load_model
 from hrnet_jax.models import build_model
-from hrnet_jax.transforms import get_affine_transform
 
-# The reference pads every detected box by this factor before cropping.
-BOX_PADDING = 1.25
-
-
-def box_to_center_scale(
-    boxes: Any, image_size: Sequence[int], padding: float = BOX_PADDING
-) -> tuple[np.ndarray, np.ndarray]:
-    """Crop centre and scale of person boxes, fitted to the model's aspect ratio.
-
-    The shorter side of each box is lengthened until width / height equals
-    that of ``image_size``, then both sides are multiplied by ``padding``.
-
-    Args:
-      boxes: (P, 4) boxes (x, y, w, h) in image pixels.
-      image_size: model input (width, height).
-      padding: enlargement of the fitted box (the reference's 1.25).
-
-    Returns:
-      ``(center, scale)``: (P, 2) float32 box centres (x, y) in pixels and
-      (P, 2) float32 sizes in units of 200 px.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes: expected shape (P, 4) as (x, y, w, h), got {boxes.shape}")
-    x, y, w, h = boxes.T
-    aspect = float(image_size[0]) / float(image_size[1])
-    center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1)
-    fit_w = np.where(w < aspect * h, h * aspect, w)
-    fit_h = np.where(w > aspect * h, w / aspect, h)
-    # The reference rounds the box size to float32 before padding it, and pads
-    # in float32: the last bit of the scale follows from that order.
-    scale = (np.stack([fit_w, fit_h], axis=-1) / constants.PIXEL_STD).astype(np.float32)
-    scale = scale * np.float32(padding)
-    return center.astype(np.float32), scale
-
-
-def read_image(image: Any) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB image from an array or a file path.
-
-    Raises:
-      ValueError: the file cannot be read as an image, or the array is not
-        (H, W, 3) uint8.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise ValueError(f"image {path!r} does not exist")
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"image {path!r} could not be read as an image")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"image: expected an (H, W, 3) uint8 RGB array, got shape "
-                         f"{array.shape} dtype {array.dtype}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"image: expected a non-empty (H, W, 3) array, got shape {array.shape}")
-    return array
-
-
-def check_boxes(boxes: Any, image_shape: Sequence[int]) -> np.ndarray:
-    """Validates person boxes against an image.
-
-    Args:
-      boxes: (P, 4) or (4,) boxes (x, y, w, h) in pixels.
-      image_shape: (H, W, ...) of the image.
-
-    Returns:
-      (P, 4) float64 boxes.
-
-    Raises:
-      ValueError: naming the first box that is malformed, empty (width or
-        height <= 0) or entirely outside the image.
-    """
-    array = np.asarray(boxes, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != 4:
-        raise ValueError(f"boxes: expected shape (P, 4) or (4,) as (x, y, w, h), "
-                         f"got {np.shape(boxes)}")
-    height, width = image_shape[0], image_shape[1]
-    for i, (x, y, w, h) in enumerate(array):
-        box = f"box {i} (x, y, w, h) = ({x:g}, {y:g}, {w:g}, {h:g})"
-        if not np.all(np.isfinite([x, y, w, h])):
-            raise ValueError(f"{box} is not finite")
-        if w <= 0 or h <= 0:
-            raise ValueError(f"{box} is empty: width and height must be positive")
-        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            raise ValueError(f"{box} lies entirely outside the {width}x{height} image")
-    return array
-
-
-def crop_inputs(image: np.ndarray, center: np.ndarray, scale: np.ndarray,
-                image_size: Sequence[int]) -> np.ndarray:
-    """Warps and normalises the person crops the network sees.
-
-    Args:
-      image: (H, W, 3) uint8 image in the channel order the model was trained on.
-      center: (P, 2) crop centres.
-      scale: (P, 2) crop sizes in units of 200 px.
-      image_size: model input (width, height).
-
-    Returns:
-      (P, 3, height, width) float32 inputs normalised with the ImageNet statistics.
-    """
-    width, height = int(image_size[0]), int(image_size[1])
-    mean = np.asarray(constants.IMAGENET_MEAN, np.float32)
-    std = np.asarray(constants.IMAGENET_STD, np.float32)
-    crops = []
-    for c, s in zip(center, scale, strict=True):
-        # Centre and scale as given (float32 from box_to_center_scale): the
-        # reference builds its crop from float32 boxes in the same way.
-        trans = np.asarray(get_affine_transform(np.asarray(c), np.asarray(s), 0.0,
-                                                (width, height)), np.float64)
-        crop = cv2.warpAffine(image, trans, (width, height), flags=cv2.INTER_LINEAR)
-        crops.append((crop.astype(np.float32) / 255.0 - mean) / std)
-    if not crops:
-        return np.zeros((0, 3, height, width), np.float32)
-    return np.stack(crops).transpose(0, 3, 1, 2)
+# The crop functions (hrnet_jax.crop) and read_image (hrnet_jax.images) are
+# imported from here too.
+__all__ = ["BOX_PADDING", "PoseEstimator", "box_to_center_scale", "check_boxes", "crop_inputs",
+           "draw_keypoints", "read_image"]
 
 
 def _bucket(n: int) -> int:
@@ -203,7 +89,7 @@ class PoseEstimator:
         self._model = build_model(cfg)
         self.decode = cfg.test.decode
         network = jax.jit(functools.partial(
-            _predict_heatmaps, self._model, flip_test=self.flip_test,
+            predict_heatmaps, self._model, flip_test=self.flip_test,
             flip_pairs=tuple(tuple(p) for p in self.flip_pairs),
             shift=bool(cfg.test.shift_heatmap)))
         self._heatmaps = heatmaps_fn or functools.partial(network, self.variables)
@@ -270,16 +156,6 @@ class PoseEstimator:
                                          blur_kernel=self.cfg.test.blur_kernel)
         out = np.concatenate([np.asarray(preds), np.asarray(maxvals)], axis=-1)
         return out.astype(np.float32)[:n]
-
-
-def _predict_heatmaps(model: Any, variables: Any, inputs: jax.Array, *, flip_test: bool,
-                      flip_pairs: tuple, shift: bool) -> jax.Array:
-    if flip_test:
-        n = inputs.shape[0]
-        both = jnp.concatenate([inputs, inputs[..., ::-1]], axis=0)
-        heatmaps = model.apply(variables, both, train=False)
-        return fuse_flip(heatmaps[:n], heatmaps[n:], flip_pairs, shift=shift)
-    return model.apply(variables, inputs, train=False)
 
 
 def draw_keypoints(image: np.ndarray, keypoints: Any, joints: Keypoints | None = None, *,

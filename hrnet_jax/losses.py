@@ -8,6 +8,7 @@ reference does.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -108,3 +109,14 @@ def joints_ohkm_mse_loss(
     if not 1 <= int(topk) <= num_joints:
         raise ValueError(f"topk: expected 1 <= topk <= J = {num_joints}, got {topk}")
     return _ohkm(output, target, target_weight, bool(use_target_weight), int(topk))
+
+
+def loss_from_config(cfg: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """The heatmap loss of a :class:`~hrnet_jax.config.Config`: :func:`joints_mse_loss`, or
+    :func:`joints_ohkm_mse_loss` with ``loss.use_ohkm`` (``loss.topk``), weighted by
+    ``loss.use_target_weight``: ``criterion(output, target, target_weight) -> scalar``."""
+    use_weight = bool(cfg.loss.use_target_weight)
+    if cfg.loss.use_ohkm:
+        topk = int(cfg.loss.topk)
+        return lambda out, tgt, w: joints_ohkm_mse_loss(out, tgt, w, use_weight, topk=topk)
+    return lambda out, tgt, w: joints_mse_loss(out, tgt, w, use_weight)

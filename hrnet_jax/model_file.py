@@ -143,8 +143,9 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, Any], Config]:
         raise ValueError(f"exported model {path!r}: {VARIABLES_FILE} is corrupt: expected the "
                          f"collections {list(_COLLECTIONS)}")
     variables = {c: state[c] for c in _COLLECTIONS}
-    # Checked against the reference layout (pure Python, no tracing) so a
-    # file saved for another network fails here and not deep inside apply.
+    # Checked against the network's variables (jax.eval_shape of its init, once
+    # per network) so a file saved for another network fails here and not
+    # deep inside apply.
     try:
         convert.check_variables(variables, cfg)
     except ValueError as e:

@@ -22,8 +22,9 @@ from collections.abc import Iterator, Mapping
 import cv2
 import numpy as np
 
+from hrnet_jax.crop import check_boxes
 from hrnet_jax.data.base import read_json
-from hrnet_jax.inference import PoseEstimator, check_boxes, draw_keypoints
+from hrnet_jax.inference import PoseEstimator, draw_keypoints
 
 logger = logging.getLogger(__name__)
 

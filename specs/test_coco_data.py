@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from hrnet_jax.config import get_config, override
+from hrnet_jax.crop import box_to_center_scale
 from hrnet_jax.data.coco import COCODataset, clean_box
-from hrnet_jax.inference import box_to_center_scale
 from hrnet_jax.metrics import coco_evaluate
 
 COCO_JOINT_NAMES = [

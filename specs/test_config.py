@@ -1,6 +1,7 @@
 """Configuration: presets, the reference YAML format, and overrides."""
 
 import dataclasses
+import json
 import pathlib
 import textwrap
 
@@ -75,6 +76,31 @@ def test_config_survives_a_round_trip_through_plain_dicts():
     assert config.from_dict(config.to_dict(cfg)) == cfg
 
 
+# The reference pose network's layer1, fixed in its code: 4 BOTTLENECK blocks of 64 planes.
+REFERENCE_LAYER1 = config.StageConfig(1, 1, (4,), (64,), "BOTTLENECK", "SUM")
+
+
+def test_stage1_defaults_to_the_reference_layer1_of_four_bottleneck_blocks_of_64_planes():
+    assert config.ModelConfig().stage1 == REFERENCE_LAYER1
+    for name in config.preset_names():
+        assert config.get_config(name).model.stage1 == REFERENCE_LAYER1
+
+
+def test_override_reaches_the_fields_of_stage1():
+    cfg = config.override(config.get_config("hrnet_w8"),
+                          ["model.stage1.num_blocks=2", "model.stage1.num_channels=[32]",
+                           "model.stage1.block=BASIC"])
+    assert cfg.model.stage1 == config.StageConfig(1, 1, (2,), (32,), "BASIC")
+
+
+def test_stage1_survives_json_and_a_config_saved_before_stage1_existed_gets_the_reference_layer1():
+    cfg = config.override(config.get_config("hrnet_w8"), ["model.stage1.num_blocks=2"])
+    saved = json.loads(json.dumps(config.to_dict(cfg)))  # as config.json holds it
+    assert config.from_dict(saved) == cfg
+    del saved["model"]["stage1"]
+    assert config.from_dict(saved).model.stage1 == REFERENCE_LAYER1
+
+
 def _write_reference_style_yaml(path: pathlib.Path) -> None:
     # A shortened experiment file in the reference's format (upper-case keys, MODEL.EXTRA stages).
     path.write_text(textwrap.dedent("""\
@@ -132,6 +158,26 @@ def test_yaml_stage_with_inconsistent_branch_count_is_rejected_by_name(tmp_path)
     path.write_text("MODEL:\n  EXTRA:\n    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, "
                     "NUM_BLOCKS: [4], NUM_CHANNELS: [32, 64]}\n")
     with pytest.raises(ValueError, match="STAGE2"):
+        config.get_config(str(path))
+
+
+def test_yaml_stage1_sets_layer1_and_a_stage1_without_block_keeps_bottleneck(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text("MODEL:\n  EXTRA:\n    STAGE1: {NUM_MODULES: 1, NUM_BRANCHES: 1, "
+                    "BLOCK: BOTTLENECK, NUM_BLOCKS: [2], NUM_CHANNELS: [64], FUSE_METHOD: SUM}\n")
+    assert config.get_config(str(path)).model.stage1 == config.StageConfig(
+        1, 1, (2,), (64,), "BOTTLENECK", "SUM")
+    path.write_text("MODEL:\n  EXTRA:\n    STAGE1: {NUM_MODULES: 1, NUM_BRANCHES: 1, "
+                    "NUM_BLOCKS: [1], NUM_CHANNELS: [32]}\n")
+    assert config.get_config(str(path)).model.stage1 == config.StageConfig(
+        1, 1, (1,), (32,), "BOTTLENECK", "SUM")
+
+
+def test_yaml_stage1_with_inconsistent_branch_count_is_rejected_by_name(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("MODEL:\n  EXTRA:\n    STAGE1: {NUM_MODULES: 1, NUM_BRANCHES: 1, "
+                    "NUM_BLOCKS: [2, 2], NUM_CHANNELS: [64]}\n")
+    with pytest.raises(ValueError, match="STAGE1"):
         config.get_config(str(path))
 
 
@@ -222,6 +268,12 @@ def test_reference_experiment_files_equal_the_presets_but_for_paths_workers_and_
     assert cfg.dataset == dataclasses.replace(preset.dataset, root=cfg.dataset.root)
     assert (cfg.train, cfg.test, cfg.loss) == (preset.train, preset.test, preset.loss)
     assert cfg.print_freq == preset.print_freq
+
+
+def test_reference_experiment_files_without_stage1_get_the_reference_layer1(tmp_path):
+    for name in REFERENCE_EXPERIMENTS:
+        assert "STAGE1" not in REFERENCE_EXPERIMENTS[name]["MODEL"]["EXTRA"]
+        assert _load_reference_experiment(name, tmp_path).model.stage1 == REFERENCE_LAYER1
 
 
 def test_reference_experiment_files_are_read_with_their_own_paths_workers_and_widths(tmp_path):

@@ -240,6 +240,70 @@ def test_backbone_loading_takes_only_the_pretrained_layers():
     assert sorted(report["loaded"] + report["left_at_init"]) == sorted(layout)
 
 
+def test_check_variables_lists_missing_unexpected_and_mis_shaped_variables_of_the_network():
+    cfg = _tiny_config()
+    variables = _random_variables(cfg)
+    convert.check_variables(variables, cfg)
+    params = dict(variables["params"])
+    del params["conv2"]
+    params["head"] = {"kernel": np.zeros((1, 1, 8, 2))}
+    params["final_layer"] = {"kernel": np.zeros((1, 1, 8, 17)), "bias": np.zeros(16)}
+    with pytest.raises(ValueError) as info:
+        convert.check_variables({"params": params, "batch_stats": variables["batch_stats"]}, cfg)
+    message = str(info.value)
+    assert "1 missing, 1 unexpected, 1 mis-shaped" in message
+    assert "params/conv2/kernel (3, 3, 64, 64)" in message
+    assert "params/head/kernel" in message
+    assert "params/final_layer/kernel: expected (1, 1, 8, 16), got (1, 1, 8, 17)" in message
+
+
+def test_settings_that_change_no_variable_change_neither_the_layout_nor_the_check():
+    cfg = _tiny_config()
+    variables = _random_variables(cfg)
+    layout = convert.reference_layout(cfg)
+    for changes in ({"dtype": "bfloat16"}, {"scan": "all"}, {"scan": "blocks"},
+                    {"image_size": (192, 256), "heatmap_size": (48, 64), "sigma": 3.0},
+                    {"pretrained": "imagenet.pth", "pretrained_layers": ("*",)}):
+        other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+        assert convert.reference_layout(other) == layout
+        convert.check_variables(variables, other)
+
+
+def test_the_layout_follows_the_network_it_is_derived_from():
+    cfg = _tiny_config()
+    for changes, name, shape in [
+        ({"num_joints": 17}, "final_layer.weight", (17, 8, 1, 1)),
+        ({"final_conv_kernel": 3}, "final_layer.weight", (16, 8, 3, 3)),
+        ({"stage1": StageConfig(1, 1, (1,), (16,), "BOTTLENECK")}, "transition1.0.0.weight",
+         (8, 64, 3, 3)),
+    ]:
+        other = dataclasses.replace(cfg.model, **changes)
+        assert {e.name: e.shape for e in convert.reference_layout(other)}[name] == shape
+    # 16 BOTTLENECK planes give the stem's 64 channels back: no shortcut convolution.
+    names = [e.name for e in convert.reference_layout(dataclasses.replace(
+        cfg.model, stage1=StageConfig(1, 1, (1,), (16,), "BOTTLENECK")))]
+    assert "layer1.0.downsample.0.weight" not in names
+
+
+def test_checking_variables_on_every_model_load_traces_each_network_once(monkeypatch):
+    built = []
+
+    def counting_build_model(model_cfg):
+        built.append(model_cfg)
+        return build_model(model_cfg)
+
+    monkeypatch.setattr(convert, "build_model", counting_build_model)
+    cfg = _tiny_config()
+    # A network no other spec asks for, so that no earlier call has traced it.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_joints=5))
+    variables = _random_variables(cfg)
+    for dtype, scan in (("float32", "none"), ("bfloat16", "all"), ("float32", "auto")):
+        convert.check_variables(variables, dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, dtype=dtype, scan=scan)))
+    convert.variables_to_torch_state_dict(variables, cfg)
+    assert len(built) == 1
+
+
 def test_flax_names_glue_indices_to_the_module_before_them():
     assert convert.flax_module_path("stage2.0.branches.0.1.conv1") == (
         "stage2_0", "branches_0_1", "conv1")

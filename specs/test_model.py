@@ -1,7 +1,9 @@
-"""The HRNet model: shapes, parameter counts, initialisation, padding, upsampling, dtypes."""
+"""The HRNet model: shapes, parameter counts, layer1, initialisation, padding, upsampling, dtypes,
+scanning."""
 
 import dataclasses
 import functools
+import textwrap
 
 import chex
 import jax
@@ -9,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrnet_jax.config import StageConfig, get_config
+from hrnet_jax import convert
+from hrnet_jax.config import StageConfig, get_config, load_yaml
 from hrnet_jax.models import HRNet, build_model
-from hrnet_jax.models.hrnet import BatchNorm, conv2d, upsample_nearest
+from hrnet_jax.models.hrnet import SCAN_MODES, BatchNorm, conv2d, upsample_nearest
 
 
 @functools.cache
@@ -153,6 +156,185 @@ def test_variable_paths_follow_reference_module_names():
     # The last module of stage 4 fuses into the highest resolution only.
     assert not any(k.startswith("fuse_layers_1") for k in params["stage4_2"])
     assert any(k.startswith("fuse_layers_1") for k in params["stage4_1"])
+
+
+# --------------------------------------------------------------------------- stage 1 (layer1)
+
+# HRNet-W18-small-v2 on MPII in the reference's experiment-file layout. The HRNet
+# family's small models set layer1 through MODEL.EXTRA.STAGE1 (2 BOTTLENECK
+# blocks of 64 planes); the pose network's own files have no STAGE1.
+W18_SMALL_V2_MPII_YAML = textwrap.dedent("""\
+    CUDNN:
+      BENCHMARK: true
+      DETERMINISTIC: false
+      ENABLED: true
+    GPUS: (0,1,2,3)
+    OUTPUT_DIR: 'output'
+    LOG_DIR: 'log'
+    WORKERS: 24
+    PRINT_FREQ: 100
+    DATASET:
+      COLOR_RGB: true
+      DATASET: mpii
+      DATA_FORMAT: jpg
+      FLIP: true
+      NUM_JOINTS_HALF_BODY: 8
+      PROB_HALF_BODY: -1.0
+      ROOT: 'data/mpii/'
+      ROT_FACTOR: 30
+      SCALE_FACTOR: 0.25
+      TEST_SET: valid
+      TRAIN_SET: train
+    MODEL:
+      INIT_WEIGHTS: true
+      NAME: pose_hrnet
+      NUM_JOINTS: 16
+      PRETRAINED: 'models/pytorch/imagenet/hrnet_w18_small_model_v2.pth'
+      TARGET_TYPE: gaussian
+      IMAGE_SIZE: [256, 256]
+      HEATMAP_SIZE: [64, 64]
+      SIGMA: 2
+      EXTRA:
+        PRETRAINED_LAYERS: ['conv1', 'bn1', 'conv2', 'bn2', 'layer1', 'transition1', 'stage2',
+                            'transition2', 'stage3', 'transition3', 'stage4']
+        FINAL_CONV_KERNEL: 1
+        STAGE1:
+          NUM_MODULES: 1
+          NUM_BRANCHES: 1
+          BLOCK: BOTTLENECK
+          NUM_BLOCKS: [2]
+          NUM_CHANNELS: [64]
+          FUSE_METHOD: SUM
+        STAGE2:
+          NUM_MODULES: 1
+          NUM_BRANCHES: 2
+          BLOCK: BASIC
+          NUM_BLOCKS: [2, 2]
+          NUM_CHANNELS: [18, 36]
+          FUSE_METHOD: SUM
+        STAGE3:
+          NUM_MODULES: 3
+          NUM_BRANCHES: 3
+          BLOCK: BASIC
+          NUM_BLOCKS: [2, 2, 2]
+          NUM_CHANNELS: [18, 36, 72]
+          FUSE_METHOD: SUM
+        STAGE4:
+          NUM_MODULES: 2
+          NUM_BRANCHES: 4
+          BLOCK: BASIC
+          NUM_BLOCKS: [2, 2, 2, 2]
+          NUM_CHANNELS: [18, 36, 72, 144]
+          FUSE_METHOD: SUM
+    LOSS:
+      USE_TARGET_WEIGHT: true
+    TRAIN:
+      BATCH_SIZE_PER_GPU: 32
+      END_EPOCH: 210
+      OPTIMIZER: adam
+      LR: 0.001
+      LR_STEP: [170, 200]
+    TEST:
+      BATCH_SIZE_PER_GPU: 32
+      FLIP_TEST: true
+      POST_PROCESS: true
+      SHIFT_HEATMAP: true
+    """)
+
+
+@pytest.fixture(scope="module")
+def w18_small_v2(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w18_small_v2") / "w18_small_v2_256x256_adam_lr1e-3.yaml"
+    path.write_text(W18_SMALL_V2_MPII_YAML)
+    cfg = load_yaml(str(path))
+    model = build_model(cfg)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 256, 256)), train=False))
+    return cfg, model, variables
+
+
+def test_w18_small_v2_yaml_builds_a_network_of_16_heatmaps_of_64x64_from_256x256_images(
+        w18_small_v2):
+    cfg, model, variables = w18_small_v2
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                         jax.ShapeDtypeStruct((1, 3, 256, 256), jnp.float32))
+    chex.assert_shape(out, (1, 16, 64, 64))
+    # Counted on the reference's PoseHighResolutionNet with layer1 made of 2 blocks.
+    assert _param_count(variables["params"]) == 3_616_656
+
+
+def test_w18_small_v2_layer1_is_exactly_two_bottleneck_blocks_of_64_planes(w18_small_v2):
+    cfg, _, _ = w18_small_v2
+    layout = {e.name: e.shape for e in convert.reference_layout(cfg)}
+    blocks = {".".join(name.split(".")[:2]) for name in layout if name.startswith("layer1.")}
+    assert blocks == {"layer1.0", "layer1.1"}
+    assert not any(name.startswith("layer1.2") for name in layout)
+    # The first block widens the stem's 64 channels to 64 * 4 through its shortcut...
+    assert layout["layer1.0.conv1.weight"] == (64, 64, 1, 1)
+    assert layout["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    # ...the second takes 256 and keeps them, with an identity shortcut.
+    assert layout["layer1.1.conv1.weight"] == (64, 256, 1, 1)
+    assert layout["layer1.1.conv3.weight"] == (256, 64, 1, 1)
+    assert "layer1.1.downsample.0.weight" not in layout
+
+
+def test_w18_small_v2_transition1_convolutions_take_layer1s_256_channels(w18_small_v2):
+    cfg, _, _ = w18_small_v2
+    layout = {e.name: e.shape for e in convert.reference_layout(cfg)}
+    transition1 = {k: v for k, v in layout.items()
+                   if k.startswith("transition1.") and k.endswith("0.weight")}
+    # Branch 0: 3x3 from 256 to 18; branch 1: 3x3 stride 2 from 256 to 36.
+    assert transition1 == {"transition1.0.0.weight": (18, 256, 3, 3),
+                           "transition1.1.0.0.weight": (36, 256, 3, 3)}
+
+
+def test_w18_small_v2_state_dict_round_trips_through_the_reference_names(w18_small_v2):
+    cfg, _, abstract = w18_small_v2
+    variables = _random_variables(abstract, seed=3)
+    state_dict = convert.variables_to_torch_state_dict(variables, cfg)
+    names = list(state_dict)
+    # PyTorch order: the stem, layer1's two blocks, then transition1.
+    last_of_layer1 = names.index("layer1.1.bn3.num_batches_tracked")
+    assert names[last_of_layer1 + 1] == "transition1.0.0.weight"
+    assert names[:2] == ["conv1.weight", "bn1.weight"]
+    again = convert.torch_state_dict_to_variables(state_dict, cfg)
+    chex.assert_trees_all_equal(again, jax.device_get(variables))
+
+
+def test_the_default_configuration_keeps_the_reference_layer1_of_four_blocks():
+    params = _abstract_variables("hrnet_w32", 256, 256)["params"]
+    assert sorted(k for k in params if k.startswith("layer1_")) == [
+        "layer1_0", "layer1_1", "layer1_2", "layer1_3"]
+    chex.assert_shape(params["layer1_3"]["conv3"]["kernel"], (1, 1, 64, 256))
+    chex.assert_shape(params["transition1_0_0"]["kernel"], (3, 3, 256, 32))
+
+
+@pytest.mark.parametrize(("stage1", "message"), [
+    (StageConfig(1, 2, (2, 2), (64, 64), "BOTTLENECK"), r"model\.stage1: .*num_branches"),
+    (StageConfig(2, 1, (2,), (64,), "BOTTLENECK"), r"model\.stage1: .*num_modules"),
+    (StageConfig(1, 1, (2,), (64,), "RESIDUAL"), r"model\.stage1\.block: .*'RESIDUAL'"),
+    (StageConfig(1, 1, (2, 2), (64,), "BOTTLENECK"), r"model\.stage1: num_branches 1"),
+    (StageConfig(1, 1, (0,), (64,), "BOTTLENECK"), r"model\.stage1: .*at least 1 module and 1 block"),
+])
+def test_a_stage1_that_is_not_one_branch_of_known_blocks_is_rejected_naming_model_stage1(
+        stage1, message):
+    cfg = get_config("hrnet_w8")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, stage1=stage1))
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("name", ["stage2", "stage3", "stage4"])
+def test_a_branch_without_blocks_or_a_stage_without_modules_is_rejected(name):
+    # The reference builds at least one block per branch and one module per stage.
+    cfg = get_config("hrnet_w8")
+    stage = getattr(cfg.model, name)
+    no_block = dataclasses.replace(stage, num_blocks=(0,) + tuple(stage.num_blocks[1:]))
+    no_module = dataclasses.replace(stage, num_modules=0)
+    for bad in (no_block, no_module):
+        bad_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{name: bad}))
+        with pytest.raises(ValueError, match=rf"model\.{name}: .*at least 1 module and 1 block"):
+            build_model(bad_cfg)
 
 
 # --------------------------------------------------------------------------- initialisation
@@ -386,15 +568,55 @@ def test_gradients_through_the_scanned_network_equal_the_unrolled_ones():
     assert float(np.abs(grads_u["stage3_1"]["branches_2_1"]["conv2"]["kernel"]).max()) > 0
 
 
-def test_scanning_keeps_every_variable_name_and_shape():
+def test_every_scan_mode_creates_the_same_variable_names_and_shapes():
     shapes = {}
-    for scan in ("none", "all"):
+    for scan in SCAN_MODES:
         model = build_model(_repeating_config(scan))
         shapes[scan] = jax.eval_shape(
             lambda model=model: model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)),
                                            train=False))
-    chex.assert_trees_all_equal_shapes_and_dtypes(shapes["all"], shapes["none"])
+    for scan in SCAN_MODES:
+        chex.assert_trees_all_equal_shapes_and_dtypes(shapes[scan], shapes["none"])
     assert "branches_0_1" in shapes["all"]["params"]["stage3_1"]
+
+
+def _layer1_config(scan: str, num_blocks: int, planes: int):
+    """A small network whose layer1 has ``num_blocks`` BOTTLENECK blocks of ``planes``."""
+    cfg = get_config("hrnet_w8")
+    return dataclasses.replace(cfg.model, scan=scan,
+                               stage1=StageConfig(1, 1, (num_blocks,), (planes,), "BOTTLENECK"),
+                               stage2=StageConfig(1, 2, (1, 1), (8, 16)),
+                               stage3=StageConfig(1, 3, (1, 1, 1), (8, 16, 32)),
+                               stage4=StageConfig(1, 4, (1, 1, 1, 1), (8, 16, 32, 64)))
+
+
+@functools.cache
+def _layer1_outputs(scan: str, num_blocks: int, planes: int):
+    """Eval heatmaps, train heatmaps and updated statistics of one random such network."""
+    model = build_model(_layer1_config(scan, num_blocks, planes))
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)), train=False))
+    assert sorted(k for k in abstract["params"] if k.startswith("layer1_")) == [
+        f"layer1_{k}" for k in range(num_blocks)]
+    variables = _random_variables(abstract, seed=9)
+    x = np.random.default_rng(8).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    eval_out = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
+    train_out = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables)
+    return jax.device_get((eval_out, train_out))
+
+
+# 8 planes widen the stem's 64 channels to 32 (a downsampling first block and
+# num_blocks - 1 alike ones); 16 planes keep 64 (every block alike).
+@pytest.mark.parametrize(("num_blocks", "planes", "scan"), [
+    *((n, 8, scan) for n in (1, 2, 3) for scan in ("blocks", "modules", "all")),
+    (3, 16, "blocks"),
+])
+def test_layer1_of_any_block_count_computes_the_same_in_every_scan_mode(num_blocks, planes, scan):
+    # The same operations; XLA may fuse the scanned program's sums differently (1 ulp).
+    chex.assert_trees_all_close(_layer1_outputs(scan, num_blocks, planes),
+                                _layer1_outputs("none", num_blocks, planes),
+                                rtol=1e-5, atol=1e-6)
 
 
 def test_the_scanned_w32_train_program_holds_under_a_quarter_of_the_convolutions():

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hrnet_jax.inference import box_to_center_scale
+from hrnet_jax.crop import box_to_center_scale
 
 
 def test_box_scale_is_rounded_to_float32_before_the_1_25_padding():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hrnet_jax.config import get_config, override
+from hrnet_jax.losses import loss_from_config
 from hrnet_jax.train.state import learning_rate_schedule, make_optimizer
-from hrnet_jax.train.steps import loss_fn
 
 
 def test_learning_rate_is_1e_3_until_epoch_170_then_1e_4_then_1e_5_from_epoch_200():
@@ -58,9 +58,9 @@ def test_training_loss_is_joints_mse_or_ohkm_as_configured():
     tgt = np.zeros((1, 16, 2, 2), np.float32)
     tgt[0, 0] = 1.0  # joint 0 is off by 1 on every pixel: 0.5 * 1 = 0.5 for that joint
     w = np.ones((1, 16, 1), np.float32)
-    mse = loss_fn(get_config("hrnet_w32"))(out, tgt, w)
+    mse = loss_from_config(get_config("hrnet_w32"))(out, tgt, w)
     assert float(mse) == pytest.approx(0.5 / 16)
     ohkm_cfg = override(get_config("hrnet_w32"), {"loss.use_ohkm": True, "loss.topk": 8})
-    ohkm = loss_fn(ohkm_cfg)(out, tgt, w)
+    ohkm = loss_from_config(ohkm_cfg)(out, tgt, w)
     assert float(ohkm) == pytest.approx(0.5 / 8)
     assert jax.numpy.isfinite(ohkm)

@@ -85,6 +85,16 @@ def test_a_missing_image_raises_an_error_naming_the_file(tmp_path):
         ds[0]
 
 
+def test_inference_reads_images_with_the_same_reader_and_error(tmp_path):
+    from hrnet_jax.inference import read_image
+
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    with pytest.raises(BadImageError, match=r"bad\.jpg.*could not be read"):
+        read_image(str(tmp_path / "bad.jpg"))
+    with pytest.raises(BadImageError, match=r"absent\.jpg.*does not exist"):
+        read_image(tmp_path / "absent.jpg")
+
+
 def test_skipping_bad_images_warns_marks_them_invalid_and_counts_them(tmp_path, caplog):
     root = make_root(tmp_path, [record("good.jpg"), record("bad.jpg"), record("good.jpg")],
                      image_set="valid")

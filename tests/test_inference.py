@@ -30,14 +30,9 @@ from conftest import small_estimator_config as _tiny_config
 from hrnet_jax import model_file
 from hrnet_jax.config import get_config, override
 from hrnet_jax.convert import torch_state_dict_to_variables, variables_to_torch_state_dict
-from hrnet_jax.inference import (
-    PoseEstimator,
-    box_to_center_scale,
-    check_boxes,
-    crop_inputs,
-    draw_keypoints,
-    read_image,
-)
+from hrnet_jax.crop import box_to_center_scale, check_boxes, crop_inputs
+from hrnet_jax.images import read_image
+from hrnet_jax.inference import PoseEstimator, draw_keypoints
 from hrnet_jax.models import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -140,6 +135,36 @@ def test_image_is_read_from_a_path_as_rgb(tmp_path, estimator):
     np.testing.assert_array_equal(read_image(path), image)
     np.testing.assert_allclose(estimator(str(path), [10, 20, 40, 80]),
                                estimator(image, [10, 20, 40, 80]), rtol=1e-6)
+
+
+def test_image_is_read_as_bgr_for_the_data_pipeline_and_arrays_are_kept_as_given(tmp_path):
+    image = _image()
+    path = tmp_path / "person.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(read_image(path, "BGR"), image[..., ::-1])
+    np.testing.assert_array_equal(read_image(image, "BGR"), image)
+    with pytest.raises(ValueError, match="colour_order.*'RGBA'"):
+        read_image(path, "RGBA")
+
+
+def _jpeg_turned_by_exif(image):
+    """JPEG bytes of ``image`` with EXIF orientation 6 (viewers turn it 90 degrees clockwise)."""
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    tiff = (b"MM\x00*" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big")
+            + bytes.fromhex("0112 0003 00000001 0006 0000") + (0).to_bytes(4, "big"))
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpeg[2:]
+
+
+def test_exif_orientation_is_followed_for_users_and_ignored_for_the_data_pipeline(tmp_path):
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:10, :20] = 255
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(_jpeg_turned_by_exif(image))
+    turned = read_image(path)
+    assert turned.shape == (60, 40, 3) and turned[:20, -10:].min() > 200
+    stored = read_image(path, "BGR", exif_orientation=False)
+    assert stored.shape == (40, 60, 3) and stored[:10, :20].min() > 200
 
 
 def test_real_network_outputs_keep_keypoints_inside_the_padded_box():

@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent("""
     from hrnet_jax.config import override
     from hrnet_jax.targets import generate_targets
     from hrnet_jax.train.state import create_train_state, init_variables
-    from hrnet_jax.train.steps import make_train_step, replicate, shard, sync_batch_stats
+    from hrnet_jax.parallel import replicate, shard
+    from hrnet_jax.train.steps import make_train_step, sync_batch_stats
 
     assert jax.local_device_count() == 2, jax.devices()
     out = {}

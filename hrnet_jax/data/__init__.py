@@ -19,7 +19,7 @@ _EXPORTS = {
     "prepare_dataset": "hrnet_jax.data.registry",
     "MPIIDataset": "hrnet_jax.data.mpii",
     "MPII_KEYPOINTS": "hrnet_jax.data.mpii",
-    "BadImageError": "hrnet_jax.data.base",
+    "BadImageError": "hrnet_jax.images",
     "COCODataset": "hrnet_jax.data.coco",
     "COCO_KEYPOINTS": "hrnet_jax.data.coco",
     "convert_record": "hrnet_jax.data.mpii",

@@ -18,19 +18,15 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 
 from hrnet_jax.data.keypoints import Keypoints, check_joint_count
 from hrnet_jax.data.sample import AugmentParams, SampleSpec, make_sample
+from hrnet_jax.images import BadImageError, read_image
 
 logger = logging.getLogger(__name__)
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
-
-
-class BadImageError(ValueError):
-    """An image file that is missing, unreadable or not a decodable picture."""
 
 
 def read_json(path: str, what: str, missing_hint: str = "") -> Any:
@@ -47,21 +43,6 @@ def read_json(path: str, what: str, missing_hint: str = "") -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
-
-
-def read_image(path: str) -> np.ndarray:
-    """The image as the reference reads it, in BGR order: (H, W, 3) uint8.
-
-    Raises BadImageError naming the file when it is missing or cannot be decoded
-    (OpenCV itself returns None silently).
-    """
-    if not os.path.isfile(path):
-        raise BadImageError(f"image file {path!r} does not exist")
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None or image.size == 0:
-        raise BadImageError(f"image file {path!r} could not be read: it is empty, truncated or "
-                            "not an image")
-    return image
 
 
 class JointsDataset(abc.ABC):
@@ -157,7 +138,8 @@ class JointsDataset(abc.ABC):
                              f"{self.describe()}")
         record = self.db[index]
         try:
-            image = read_image(record["image"])
+            # BGR as stored, as the reference reads it; make_sample reorders the crop.
+            image = read_image(record["image"], "BGR", exif_orientation=False)
         except BadImageError as e:
             if not self.skip_bad_images:
                 raise

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hrnet_jax.constants import PIXEL_STD
+from hrnet_jax.crop import box_to_center_scale
 from hrnet_jax.data.base import JointsDataset, read_json
 from hrnet_jax.data.keypoints import Keypoints
 
@@ -129,7 +130,6 @@ def person_records(data: Mapping[str, Any], *, image_file: Callable[[Mapping[str
     fitted to the input's aspect ratio and padded 1.25x. ``image_file`` maps an
     entry of the JSON's ``images`` to its path.
     """
-    from hrnet_jax.inference import box_to_center_scale
 
     person = person_category_id(data, path)
     images = {int(im["id"]): im for im in data["images"]}
@@ -188,7 +188,6 @@ def detection_records(path: str, *, images: Mapping[int, Mapping[str, Any]],
     loss means nothing); ``score`` is the detector's. Boxes naming images the
     annotation file does not have are skipped with a warning and a count.
     """
-    from hrnet_jax.inference import box_to_center_scale
 
     detections = read_json(path, "person detections file",
                            " (test.coco_bbox_file); give the file or set test.use_gt_bbox=true "

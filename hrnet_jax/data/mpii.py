@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from hrnet_jax.data.base import BadImageError, JointsDataset, read_image, read_json
+from hrnet_jax.data.base import JointsDataset, read_json
 from hrnet_jax.data.keypoints import Keypoints
+from hrnet_jax.images import BadImageError
 
-__all__ = ["MPII_KEYPOINTS", "MPIIDataset", "BadImageError", "read_image", "convert_record",
+__all__ = ["MPII_KEYPOINTS", "MPIIDataset", "BadImageError", "convert_record",
            "load_records", "mpii_gt_path"]
 
 MPII_KEYPOINTS = Keypoints(

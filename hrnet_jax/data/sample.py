@@ -7,10 +7,12 @@ of operations is the reference's:
    visible and ``u < prob_half_body``), scale ``s * clip(1 + 0.25 n, 0.75, 1.25)``
    (factor from the config), rotation ``clip(30 n, -60, 60)`` when ``u <= 0.6``
    else 0, and when flipping is on a horizontal flip when ``u <= 0.5``;
-2. ``cv2.warpAffine`` (bilinear, black border) of the uint8 image into
-   ``image_size`` with ``get_affine_transform(center, scale, rotation, image_size)``;
-   joints with ``vis > 0`` go through the same matrix;
-3. ``x / 255``, then ``(x - mean) / std`` with the ImageNet statistics, in float32;
+2. the person crop of :func:`hrnet_jax.crop.warp_crop`: ``cv2.warpAffine``
+   (bilinear, black border) of the uint8 image into ``image_size`` with
+   ``get_affine_transform(center, scale, rotation, image_size)``; joints with
+   ``vis > 0`` go through the same matrix;
+3. :func:`hrnet_jax.crop.normalize_image`: ``x / 255``, then ``(x - mean) / std``
+   with the ImageNet statistics, in float32;
 4. Gaussian targets from :func:`hrnet_jax.targets.generate_target_np`.
 
 Here ``u`` is uniform on [0, 1) and ``n`` standard normal, drawn in that order
@@ -23,15 +25,12 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
-from hrnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD
+from hrnet_jax.constants import PIXEL_STD
+from hrnet_jax.crop import normalize_image, warp_crop
 from hrnet_jax.targets import generate_target_np
 from hrnet_jax.transforms import affine_transform, get_affine_transform
-
-_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,13 +163,6 @@ def draw_augmentation(rng: np.random.Generator, joints: np.ndarray, joints_vis: 
     return center, scale, rotation, flip
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32: ``(x / 255 - mean) / std``, in float32 as torchvision."""
-    x = image.astype(np.float32) / np.float32(255)
-    x = (x - _MEAN) / _STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
 def make_sample(image_bgr: np.ndarray, record: Mapping[str, Any], spec: SampleSpec,
                 aug: AugmentParams | None, rng: np.random.Generator | None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -208,15 +200,15 @@ def make_sample(image_bgr: np.ndarray, record: Mapping[str, Any], spec: SampleSp
             center = np.array(center, copy=True)
             center[0] = width - center[0] - 1
 
-    trans = get_affine_transform(center, scale, rotation, spec.image_size)
     # Bilinear warping treats channels alike, so cropping the BGR image and
     # reordering the small crop equals the reference's convert-then-crop.
-    crop = cv2.warpAffine(np.ascontiguousarray(image_bgr), trans,
-                          (spec.image_size[0], spec.image_size[1]), flags=cv2.INTER_LINEAR)
+    crop = warp_crop(image_bgr, center, scale, rotation, spec.image_size)
     if spec.color_rgb:
         crop = crop[:, :, ::-1]
     input_ = normalize_image(crop)
 
+    # The matrix warp_crop cropped with moves the joints along.
+    trans = get_affine_transform(center, scale, rotation, spec.image_size)
     visible = joints_vis[:, 0] > 0.0
     joints[visible, 0:2] = affine_transform(joints[visible, 0:2], trans)
     target, target_weight = generate_target_np(

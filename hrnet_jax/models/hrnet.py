@@ -4,7 +4,10 @@ The network keeps a high-resolution branch from the stem to the output and
 adds lower-resolution branches stage by stage, exchanging information between
 them after every HighResolutionModule. Its layout, padding, normalisation and
 initialisation are those of the reference PyTorch implementation, so the
-reference's weights load unchanged (see :mod:`hrnet_jax.convert`).
+reference's weights load unchanged (see :mod:`hrnet_jax.convert`). After the
+64-channel stem, ``layer1`` is ``model.stage1``'s single branch of residual
+blocks: the reference pose network's four BOTTLENECK blocks of 64 planes by
+default, two in HRNet-W18-small-v2.
 
 Parameter naming. Every Flax variable path is the reference ``state_dict``
 module path with each numeric index glued to the name before it by ``_``:
@@ -31,8 +34,8 @@ Scanning. HRNet repeats identical pieces: the residual blocks of a branch
 ``model.scan`` these run as one ``jax.lax.scan`` each over their variables
 stacked on the fly, so XLA compiles each piece once: the W32 train step
 lowers to 203 convolutions instead of 878. The variables keep the unrolled
-network's names and shapes, so checkpoints, conversion and results are the
-same whichever way it runs.
+network's names and shapes (initialisation always runs unrolled), so
+checkpoints, conversion and results are the same whichever way it runs.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ _BN_MOMENTUM = 0.9
 # The stem divides H and W by 4 and each of the three lower branches by 2 more.
 _INPUT_MULTIPLE = 32
 
+# Block kind -> channel expansion: a block of `planes` outputs planes * expansion channels.
 _EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
+# The stem's two stride-2 convolutions have 64 channels in every HRNet.
+_STEM_WIDTH = 64
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # model.scan -> (scan the alike blocks of a branch, scan the alike modules of a stage)
 SCAN_MODES = {"none": (False, False), "blocks": (True, False), "modules": (False, True),
@@ -239,6 +245,29 @@ def _run_stacked(parent: nn.Module, template: nn.Module, names: Sequence[str], c
     return carry
 
 
+def _residual_blocks(parent: nn.Module, x: jax.Array, prefix: str, kind: str, in_width: int,
+                     planes: int, count: int, scan: bool, train: bool, dtype: Any,
+                     bn_axis_name: str | None) -> jax.Array:
+    """``count`` residual blocks of ``kind``, children of ``parent`` named ``{prefix}{k}``.
+
+    The first block's shortcut is a 1x1 conv + BN when ``in_width`` differs
+    from the blocks' output width ``planes * expansion``. The blocks after it
+    (all of them when it has none) are alike: with ``scan``, outside
+    initialisation, more than one alike block run as one ``lax.scan``.
+    """
+    downsample = in_width != planes * _EXPANSION[kind]
+    start = 1 if downsample else 0
+    scanned = scan and not parent.is_initializing() and count - start > 1
+    for k in range(start if scanned else count):
+        x = _Block(kind, planes, 1, downsample=k == 0 and downsample, dtype=dtype,
+                   bn_axis_name=bn_axis_name, name=f"{prefix}{k}")(x, train)
+    if scanned:
+        template = _Block(kind, planes, 1, dtype=dtype, bn_axis_name=bn_axis_name, parent=None)
+        x = _run_stacked(parent, template, [f"{prefix}{k}" for k in range(start, count)], x,
+                         train)
+    return x
+
+
 class HighResolutionModule(nn.Module):
     """Parallel branches of residual blocks followed by the all-to-all fuse.
 
@@ -264,27 +293,12 @@ class HighResolutionModule(nn.Module):
         def bn(name: str) -> BatchNorm:
             return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
 
-        ys = []
-        for i in range(n):
-            y = xs[i]
-            width = stage.num_channels[i]
-            first_downsample = self.in_channels[i] != width * expansion
-            # Blocks without a downsampling shortcut are alike: scan them.
-            start = 1 if first_downsample else 0
-            scanned = self.scan_blocks and not self.is_initializing() \
-                and stage.num_blocks[i] - start > 1
-            for k in range(start if scanned else stage.num_blocks[i]):
-                y = _Block(
-                    stage.block, width, 1, downsample=k == 0 and first_downsample,
-                    dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                    name=f"branches_{i}_{k}",
-                )(y, train)
-            if scanned:
-                template = _Block(stage.block, width, 1, dtype=self.dtype,
-                                  bn_axis_name=self.bn_axis_name, parent=None)
-                names = [f"branches_{i}_{k}" for k in range(start, stage.num_blocks[i])]
-                y = _run_stacked(self, template, names, y, train)
-            ys.append(y)
+        ys = [
+            _residual_blocks(self, xs[i], f"branches_{i}_", stage.block, self.in_channels[i],
+                             stage.num_channels[i], stage.num_blocks[i], self.scan_blocks,
+                             train, self.dtype, self.bn_axis_name)
+            for i in range(n)
+        ]
         if n == 1:
             return ys
 
@@ -363,17 +377,16 @@ class HRNet(nn.Module):
             return BatchNorm(dtype=dtype, axis_name=axis, name=name)
 
         y = jnp.transpose(x, (0, 2, 3, 1)).astype(dtype)
-        y = nn.relu(bn("bn1")(conv2d(64, 3, 2, "conv1", dtype)(y), train))
-        y = nn.relu(bn("bn2")(conv2d(64, 3, 2, "conv2", dtype)(y), train))
-        for k in range(1 if scan_blocks else 4):
-            y = _Block("BOTTLENECK", 64, 1, downsample=k == 0, dtype=dtype,
-                       bn_axis_name=axis, name=f"layer1_{k}")(y, train)
-        if scan_blocks:
-            template = _Block("BOTTLENECK", 64, 1, dtype=dtype, bn_axis_name=axis, parent=None)
-            y = _run_stacked(self, template, [f"layer1_{k}" for k in range(1, 4)], y, train)
+        y = nn.relu(bn("bn1")(conv2d(_STEM_WIDTH, 3, 2, "conv1", dtype)(y), train))
+        y = nn.relu(bn("bn2")(conv2d(_STEM_WIDTH, 3, 2, "conv2", dtype)(y), train))
+        # layer1: stage 1's single branch, without transition or fuse.
+        stage1 = cfg.stage1
+        y = _residual_blocks(self, y, "layer1_", stage1.block, _STEM_WIDTH,
+                             stage1.num_channels[0], stage1.num_blocks[0], scan_blocks, train,
+                             dtype, axis)
 
         ys = [y]
-        pre_channels: tuple[int, ...] = (64 * _EXPANSION["BOTTLENECK"],)
+        pre_channels: tuple[int, ...] = (stage1.num_channels[0] * _EXPANSION[stage1.block],)
         stages = (cfg.stage2, cfg.stage3, cfg.stage4)
         for s, stage in enumerate(stages, start=2):
             channels = tuple(c * _EXPANSION[stage.block] for c in stage.num_channels)
@@ -445,7 +458,12 @@ def build_model(cfg: Config | ModelConfig, bn_axis_name: str | None = None) -> H
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
     if not isinstance(model_cfg, ModelConfig):
         raise TypeError(f"build_model: expected a Config or ModelConfig, got {type(cfg).__name__}")
-    for name in ("stage2", "stage3", "stage4"):
+    stage1 = model_cfg.stage1
+    if (stage1.num_modules, stage1.num_branches) != (1, 1):
+        raise ValueError(f"model.stage1: layer1 is one module of one branch, expected "
+                         f"num_modules 1 and num_branches 1, got {stage1.num_modules} and "
+                         f"{stage1.num_branches}")
+    for name in ("stage1", "stage2", "stage3", "stage4"):
         stage = getattr(model_cfg, name)
         if stage.block not in _EXPANSION:
             raise ValueError(f"model.{name}.block: expected one of {sorted(_EXPANSION)}, "
@@ -457,6 +475,10 @@ def build_model(cfg: Config | ModelConfig, bn_axis_name: str | None = None) -> H
             raise ValueError(f"model.{name}: num_branches {stage.num_branches} does not match "
                              f"num_blocks {stage.num_blocks} and num_channels "
                              f"{stage.num_channels}")
+        if min(stage.num_blocks) < 1 or stage.num_modules < 1:
+            raise ValueError(f"model.{name}: expected at least 1 module and 1 block per "
+                             f"branch, got num_modules {stage.num_modules} and num_blocks "
+                             f"{stage.num_blocks}")
     if model_cfg.dtype not in _DTYPES:
         raise ValueError(f"model.dtype: expected one of {sorted(_DTYPES)}, "
                          f"got {model_cfg.dtype!r}")

@@ -25,9 +25,10 @@ from hrnet_jax import logs
 from hrnet_jax.compilation import announce_compilation, describe_step
 from hrnet_jax.config import Config
 from hrnet_jax.data.registry import prepare_dataset
-from hrnet_jax.evaluation import Evaluation, evaluate
+from hrnet_jax.evaluation import Evaluation, evaluate, make_eval_step
 from hrnet_jax.metrics import format_table
 from hrnet_jax.model_file import save_model
+from hrnet_jax.parallel import put_sharded, replicate, shard, unreplicate
 from hrnet_jax.train.checkpoint import Checkpoints
 from hrnet_jax.train.preemption import StopRequest
 from hrnet_jax.train.state import (
@@ -36,15 +37,7 @@ from hrnet_jax.train.state import (
     init_variables,
     learning_rate_schedule,
 )
-from hrnet_jax.train.steps import (
-    make_eval_step,
-    make_train_step,
-    put_sharded,
-    replicate,
-    shard,
-    sync_batch_stats,
-    unreplicate,
-)
+from hrnet_jax.train.steps import make_train_step, sync_batch_stats
 from hrnet_jax.workdir import (
     BEST_MODEL_DIR,
     CHECKPOINT_DIR,
