@@ -70,20 +70,35 @@ def restore_variables(directory: str | os.PathLike, step: int | None = None) -> 
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
 
 
-def load_for_evaluation(path: str | os.PathLike) -> tuple[dict[str, Any], Any, str]:
+def load_for_evaluation(path: str | os.PathLike, cfg: Config | None = None
+                        ) -> tuple[dict[str, Any], Any, str]:
     """Variables (and the model's configuration, when stored) from any saved form.
 
     ``path`` may be an exported model (``config.json`` + ``variables.msgpack``),
     a training work directory (its ``model_best``, else the newest checkpoint,
-    else ``final_model``), a checkpoint directory, or one step directory in it.
+    else ``final_model``), a checkpoint directory, one step directory in it,
+    or a reference PyTorch ``.pth`` file (the reference's ``TEST.MODEL_FILE``;
+    needs torch and ``cfg``, the network it holds).
 
     Returns:
       ``(variables, cfg, source)``: ``cfg`` is the stored
       :class:`~hrnet_jax.config.Config` or None when the checkpoint holds none
-      (a checkpoint directory outside a work directory); ``source`` says what
-      was loaded.
+      (a checkpoint directory outside a work directory, a ``.pth`` file);
+      ``source`` says what was loaded.
     """
     path = os.path.abspath(os.fspath(path))
+    if os.path.isfile(path) and path.endswith((".pth", ".pt")):
+        if cfg is None:
+            raise ValueError(f"{path!r} is a reference PyTorch checkpoint: its network's "
+                             "configuration is needed to convert it")
+        from hrnet_jax.convert import read_torch_checkpoint, torch_state_dict_to_variables
+
+        state_dict = read_torch_checkpoint(path)
+        try:
+            variables = torch_state_dict_to_variables(state_dict, cfg)
+        except ValueError as e:
+            raise ValueError(f"{path!r} does not hold the network of this config:\n{e}") from None
+        return variables, None, f"reference checkpoint {path}"
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist or is not a directory")
 

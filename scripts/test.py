@@ -4,7 +4,9 @@
     python scripts/test.py --config hrnet_w32_coco --checkpoint PATH --detections FILE
 
 PATH is a training work directory (its best model, else its newest
-checkpoint), an exported or converted model, or one checkpoint directory.
+checkpoint), an exported or converted model, one checkpoint directory, or a
+reference .pth file (with torch); without --checkpoint, the config's
+test.model_file (the reference's TEST.MODEL_FILE).
 Prints the dataset's table (MPII PCKh, COCO AP) and writes OUT/results.json
 with the dataset's prediction files: MPII OUT/pred.mat (1-based (N, 16, 2),
 as the reference writes it), COCO OUT/results/keypoints_<set>_results_0.json.
@@ -23,9 +25,11 @@ from hrnet_jax import cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True,
-                        help="work directory, exported model or checkpoint directory")
-    parser.add_argument("--out", default=None, help="output directory (default: PATH/test)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="work directory, exported model, checkpoint directory or reference "
+                             ".pth file (default: the config's test.model_file)")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: PATH/test, or test/ beside a file)")
     parser.add_argument("--no-flip", action="store_true", help="disable the flip test")
     parser.add_argument("--decode", choices=("argmax", "reference", "dark"), default=None,
                         help="heatmap decoder (default test.decode: the reference's "
@@ -59,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         decode = "argmax" if args.no_post_process else args.decode
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    out = args.out or os.path.join(args.checkpoint, "test")
+    checkpoint = args.checkpoint or cfg.test.model_file
+    if not checkpoint:
+        parser.error("--checkpoint is required unless the config sets test.model_file")
+    out = args.out or os.path.join(
+        os.path.dirname(checkpoint) if os.path.isfile(checkpoint) else checkpoint, "test")
     try:
-        variables, saved, source = load_for_evaluation(args.checkpoint)
+        variables, saved, source = load_for_evaluation(checkpoint, cfg)
         if saved is not None:
             # The network is the one the checkpoint was trained as; data and test
             # settings come from the command line.
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                           decode=decode, output_dir=out,
                           show_progress=not args.no_progress and cli.is_first_process(),
                           log=print if cli.is_first_process() else None)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except WorkerError as e:
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.table is not None:
         print(format_table(result.table, cfg.model.name))
     path = write_results(result, out, {
-        "checkpoint": os.path.abspath(args.checkpoint), "source": source,
+        "checkpoint": os.path.abspath(checkpoint), "source": source,
         "dataset": cfg.dataset.name, "test_set": cfg.dataset.test_set,
         "flip_test": not args.no_flip and cfg.test.flip_test,
         "decode": decode or cfg.test.decode,

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps in all (smoke runs)")
     parser.add_argument("--pretrained", default=None,
-                        help="reference ImageNet HRNet .pth to initialise the backbone from")
+                        help="reference ImageNet HRNet .pth to initialise the backbone from "
+                             "(model.pretrained)")
     cli.add_distributed_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = cli.parse_and_start(parser, argv)

@@ -285,3 +285,52 @@ def test_reference_experiment_files_are_read_with_their_own_paths_workers_and_wi
     coco = _load_reference_experiment("coco_w32_256x192_adam_lr1e-3", tmp_path)
     assert coco.model.image_size == (192, 256) and coco.model.num_joints == 17
     assert coco.dataset.root == "data/coco/"
+
+
+# --------------------------------------------------------------------------- fields the reference reads or not
+
+
+def _experiment_with(tmp_path, section, **keys):
+    data = yaml.safe_load(yaml.safe_dump(REFERENCE_EXPERIMENTS["mpii_w32_256x256_adam_lr1e-3"]))
+    data.setdefault(section, {}).update(keys)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_a_begin_epoch_other_than_0_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"TRAIN\.BEGIN_EPOCH 5 .*resumes from the checkpoints"):
+        config.load_yaml(_experiment_with(tmp_path, "TRAIN", BEGIN_EPOCH=5))
+
+
+def test_gamma1_and_gamma2_which_the_reference_never_reads_are_accepted_and_ignored(tmp_path):
+    plain = config.load_yaml(_experiment_with(tmp_path, "TRAIN", GAMMA1=0.99, GAMMA2=0.0))
+    odd = config.load_yaml(_experiment_with(tmp_path, "TRAIN", GAMMA1=0.5, GAMMA2=7.0))
+    assert plain == odd
+    assert not hasattr(plain.train, "gamma1") and not hasattr(plain.train, "begin_epoch")
+
+
+def test_init_weights_false_starts_from_the_random_initialisation(tmp_path):
+    given = config.load_yaml(_experiment_with(tmp_path, "MODEL", INIT_WEIGHTS=True))
+    assert given.model.pretrained == "models/pytorch/imagenet/hrnet_w32-36af842e.pth"
+    off = config.load_yaml(_experiment_with(tmp_path, "MODEL", INIT_WEIGHTS=False))
+    assert off.model.pretrained == ""
+
+
+def test_a_config_saved_with_since_removed_fields_still_loads():
+    saved = config.to_dict(config.get_config("hrnet_w32"))
+    saved["train"].update(begin_epoch=0, gamma1=0.99, gamma2=0.0)
+    assert config.from_dict(saved) == config.get_config("hrnet_w32")
+    with pytest.raises(ValueError, match="train.begin_epoch"):
+        config.override(config.get_config("hrnet_w32"), ["train.begin_epoch=0"])
+
+
+def test_the_quickstart_presets_are_small_generated_set_experiments():
+    for name, dataset, size in (("hrnet_quickstart", "synthetic", (128, 128)),
+                                ("hrnet_quickstart_coco", "synthetic_coco", (96, 128))):
+        cfg = config.get_config(name)
+        assert cfg.dataset.name == dataset and cfg.model.image_size == size
+        assert cfg.model.stage2.num_channels == (16, 32)
+        assert cfg.model.stage3 == config.StageConfig(1, 3, (2, 2, 2), (16, 32, 64))
+        assert cfg.model.stage4 == config.StageConfig(1, 4, (2, 2, 2, 2), (16, 32, 64, 128))
+        assert cfg.train.lr_step == (cfg.train.end_epoch - 1,) and cfg.workers == 0

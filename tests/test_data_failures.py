@@ -69,6 +69,13 @@ def test_a_record_without_joints_outside_the_test_split_is_named(tmp_path):
         MPIIDataset(root, "valid", False, config(root))
 
 
+def test_the_references_zip_data_format_is_refused_with_what_to_do(tmp_path):
+    root = make_root(tmp_path, [record("good.jpg")])
+    with pytest.raises(ValueError, match=r"dataset\.data_format 'zip'.*unpack"):
+        MPIIDataset(root, "train", True, override(config(root), ["dataset.data_format=zip"]))
+    assert len(MPIIDataset(root, "train", True, override(config(root), ["dataset.data_format=png"]))) == 1
+
+
 @pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 truncated jpeg", b"plain text"])
 def test_an_unreadable_image_raises_an_error_naming_the_file(tmp_path, content):
     root = make_root(tmp_path, [record("bad.jpg")])

@@ -16,6 +16,7 @@ import pytest
 import scipy.io
 
 from conftest import TINY_OVERRIDES, tiny_config
+from hrnet_jax.config import override
 from hrnet_jax.data import write_synthetic_mpii
 from hrnet_jax.model_file import load_model
 from hrnet_jax.train.checkpoint import Checkpoints
@@ -127,12 +128,13 @@ def test_sigkill_mid_run_then_the_same_command_finishes_as_if_never_killed(
     assert f"resuming from {checkpoints} at step {killed_at}" in rerun.stdout
     assert_same_variables(final_variables(workdir), final_variables(straight_run[0]))
 
-    # scripts/test.py on the work directory evaluates its best model.
+    # scripts/test.py on the work directory, named by test.model_file (the reference's
+    # TEST.MODEL_FILE) instead of --checkpoint, evaluates its best model.
     out = str(tmp_path / "test_out")
     test = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "test.py"), "--config", "hrnet_w8",
-         "--checkpoint", workdir, "--data-root", data_root, "--out", out, "--no-progress",
-         "--set", "workers=0", "--batch-size", "4"],
+         "--set", f"test.model_file={workdir}", "--data-root", data_root, "--out", out,
+         "--no-progress", "--set", "workers=0", "--batch-size", "4"],
         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
     assert "Mean@0.1" in test.stdout and "best model" in test.stdout
@@ -140,7 +142,7 @@ def test_sigkill_mid_run_then_the_same_command_finishes_as_if_never_killed(
     assert preds.shape == (NUM_VALID, 16, 2)
     results = json.load(open(os.path.join(out, "results.json")))
     assert 0.0 <= results["table"]["Mean"] <= 100.0 and results["headline"] == "Mean"
-    assert results["flip_test"] is True
+    assert results["flip_test"] is True and results["checkpoint"] == workdir
 
 
 def test_load_for_evaluation_takes_the_best_model_of_a_work_directory(straight_run):
@@ -154,6 +156,23 @@ def test_load_for_evaluation_takes_the_best_model_of_a_work_directory(straight_r
         load_for_evaluation(os.path.join(workdir, "tensorboard")
                             if os.path.isdir(os.path.join(workdir, "tensorboard"))
                             else os.path.dirname(workdir))
+
+
+def test_load_for_evaluation_converts_a_reference_pth_given_its_network(straight_run, tmp_path):
+    workdir, _ = straight_run
+    best, cfg, _ = load_for_evaluation(workdir)
+    path = str(tmp_path / "reference.pth")
+    open(path, "wb").close()
+    with pytest.raises(ValueError, match="reference PyTorch checkpoint.*configuration"):
+        load_for_evaluation(path)
+    torch = pytest.importorskip("torch")
+    from hrnet_jax.convert import variables_to_torch_state_dict
+
+    torch.save({k: torch.from_numpy(v) for k, v in variables_to_torch_state_dict(best, cfg).items()},
+               path)
+    variables, stored, source = load_for_evaluation(path, cfg)
+    assert stored is None and source == f"reference checkpoint {path}"
+    assert_same_variables(variables, best)
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
@@ -281,3 +300,38 @@ def test_a_damaged_newest_checkpoint_is_reported_set_aside_and_the_previous_one_
     assert os.path.isdir(os.path.join(checkpoints + ".unreadable", "12"))
     assert result.step == 12 and Checkpoints(checkpoints).all_steps() == [6, 12]
     assert_same_variables(final_variables(workdir), final_variables(straight_run[0]))
+
+
+def test_a_missing_model_pretrained_file_stops_a_new_run_naming_the_key(data_root, tmp_path):
+    # The reference's experiment files name an ImageNet checkpoint; a new run without it
+    # stops rather than train from the random initialisation unasked.
+    cfg = run_config(data_root, f"model.pretrained={tmp_path / 'hrnet_w32-36af842e.pth'}")
+    with pytest.raises(FileNotFoundError, match=r"model\.pretrained .*hrnet_w32-36af842e\.pth.*"
+                                                r"--set model\.pretrained="):
+        train(cfg, str(tmp_path / "run"), show_progress=False)
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+    assert_logging_handed_back()
+
+
+def test_a_new_run_starts_its_backbone_from_model_pretrained(data_root, tmp_path):
+    torch = pytest.importorskip("torch")
+    from hrnet_jax.convert import variables_to_torch_state_dict
+    from hrnet_jax.train.state import init_variables
+
+    cfg = run_config(data_root)
+    imagenet = init_variables(override(cfg, ["seed=7"]), jax.random.key(7))
+    state_dict = variables_to_torch_state_dict(imagenet, cfg)
+    path = str(tmp_path / "imagenet.pth")
+    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
+    workdir = str(tmp_path / "run")
+    train(run_config(data_root, f"model.pretrained={path}"), workdir, max_steps=0,
+          show_progress=False)
+    start = final_variables(workdir)
+    for name in ("conv1", "layer1_0", "stage4_0"):
+        for a, b in zip(jax.tree.leaves(start["params"][name]),
+                        jax.tree.leaves(imagenet["params"][name]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # final_layer is not among model.pretrained_layers: it keeps the run's own initialisation.
+    assert not np.array_equal(start["params"]["final_layer"]["kernel"],
+                              imagenet["params"]["final_layer"]["kernel"])
+    assert json.load(open(os.path.join(workdir, "config.json")))["model"]["pretrained"] == path

@@ -78,6 +78,11 @@ class JointsDataset(abc.ABC):
     def __init__(self, root: str, image_set: str, is_train: bool, cfg: Any, *,
                  skip_bad_images: bool = False) -> None:
         check_joint_count(self.keypoints, cfg.model.num_joints, type(self).__name__)
+        if str(cfg.dataset.data_format).lower() == "zip":
+            raise ValueError(
+                f"dataset.data_format 'zip' (the reference's images inside zip archives) is "
+                f"not read here: unpack the archives under {root!r} and set "
+                "dataset.data_format=jpg")
         self.root = root
         self.image_set = image_set
         self.is_train = bool(is_train)

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hrnet_jax import config as config_lib
 from hrnet_jax import data as data_lib
 from hrnet_jax import logs
 from hrnet_jax.compilation import announce_compilation, describe_step
@@ -80,8 +81,16 @@ def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
         yield queue.popleft()
 
 
-def _load_pretrained(cfg: Config, variables: dict, path: str, logger) -> dict:
+def _load_pretrained(cfg: Config, variables: dict, logger) -> dict:
     from hrnet_jax.convert import load_pretrained_backbone, read_torch_checkpoint
+
+    path = cfg.model.pretrained
+    if not os.path.isfile(path):
+        # The reference stops here too rather than train from scratch unasked.
+        raise FileNotFoundError(
+            f"model.pretrained {path!r} does not exist: put the reference's ImageNet HRNet "
+            "weights there (see README, Training), or start from the random initialisation "
+            "with --set model.pretrained=")
 
     variables, report = load_pretrained_backbone(variables, read_torch_checkpoint(path), cfg)
     logger.info(f"=> backbone from {path}: {len(report['loaded'])} tensors loaded, "
@@ -249,13 +258,14 @@ class _Run:
                            stopped_by=stopped_by)
 
 
-def _initial_state(run: _Run, pretrained: str | None) -> TrainState:
-    """The newest restorable checkpoint's state, else a fresh one (from ``pretrained``)."""
+def _initial_state(run: _Run) -> TrainState:
+    """The newest restorable checkpoint's state, else a fresh one (its backbone from
+    ``model.pretrained`` when set)."""
     cfg, logger, checkpoints = run.cfg, run.logger, run.checkpoints
     variables = init_variables(cfg, jax.random.key(cfg.seed))
     if checkpoints.latest_step() is None:
-        if pretrained:
-            variables = _load_pretrained(cfg, variables, pretrained, logger)
+        if cfg.model.pretrained:
+            variables = _load_pretrained(cfg, variables, logger)
         if run.is_main:
             write_run_config(run.workdir, cfg)
         processes = (f" in each of {jax.process_count()} processes (global batch "
@@ -399,7 +409,8 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
       max_steps: stop after this many steps in all (counting those of the run
         being resumed); None trains to ``train.end_epoch``.
       pretrained: a reference ImageNet HRNet ``.pth`` to start the backbone
-        from (``model.pretrained_layers``); ignored when resuming.
+        from (``model.pretrained_layers``); replaces ``model.pretrained``, which
+        is used otherwise. Either is ignored when resuming.
       show_progress: show progress bars on a terminal.
 
     Returns:
@@ -410,6 +421,8 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
       FileNotFoundError: the dataset is missing (the message says where it goes).
     """
     workdir = os.path.abspath(os.fspath(workdir))
+    if pretrained is not None:
+        cfg = config_lib.override(cfg, {"model.pretrained": os.fspath(pretrained)})
     main_process = jax.process_index() == 0
     logger = logs.get_logger(workdir if main_process else None, quiet=not main_process)
     stop = StopRequest()
@@ -417,7 +430,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, max_steps: int | None = No
     try:
         prepare_dataset(cfg)
         run = _Run(cfg, workdir, logger, max_steps=max_steps, show_progress=show_progress)
-        state_r = replicate(_initial_state(run, pretrained))
+        state_r = replicate(_initial_state(run))
         # Processes would stop at different steps and wait for each other forever: a
         # multi-process run keeps the default signal behaviour (see README).
         if jax.process_count() == 1:
