@@ -36,7 +36,7 @@ from hrnet_jax import config as config_lib
 from hrnet_jax.compilation import cache_counts
 from hrnet_jax.config import Config, get_config, override
 from hrnet_jax.evaluation import make_eval_step
-from hrnet_jax.models.hrnet import SCAN_MODES, scan_mode
+from hrnet_jax.models.scan import SCAN_MODES, scan_mode
 from hrnet_jax.parallel import replicate
 from hrnet_jax.train.state import create_train_state, init_variables
 from hrnet_jax.train.steps import make_train_step

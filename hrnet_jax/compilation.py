@@ -53,7 +53,7 @@ def device_summary() -> str:
 
 def describe_step(kind: str, cfg: Any, batch: int) -> str:
     """``'train step (HRNet-W32 256x256, batch 32, bfloat16, scan all)'`` for the logs."""
-    from hrnet_jax.models.hrnet import SCAN_MODES, scan_mode
+    from hrnet_jax.models.scan import SCAN_MODES, scan_mode
 
     model = cfg.model
     blocks_modules = scan_mode(model.scan)

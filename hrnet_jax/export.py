@@ -47,7 +47,7 @@ from hrnet_jax.convert import check_variables
 from hrnet_jax.data.registry import dataset_keypoints
 from hrnet_jax.forward import predict_heatmaps
 from hrnet_jax.models import build_model
-from hrnet_jax.models.hrnet import BatchNorm
+from hrnet_jax.models.layers import BatchNorm
 
 __all__ = ["DEFAULT_OPSET", "FORMATS", "INPUT_NAME", "OUTPUT_NAME", "ExportCheck",
            "ExportedModel", "MissingDependencyError", "check_export", "heatmaps_function",

@@ -287,7 +287,7 @@ def test_reference_experiment_files_are_read_with_their_own_paths_workers_and_wi
     assert coco.dataset.root == "data/coco/"
 
 
-# --------------------------------------------------------------------------- fields the reference reads or not
+# --------------------------------------------------------------------------- fields read or not
 
 
 def _experiment_with(tmp_path, section, **keys):

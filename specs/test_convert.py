@@ -14,7 +14,7 @@ import pytest
 from hrnet_jax import convert
 from hrnet_jax.config import StageConfig, get_config
 from hrnet_jax.models import build_model
-from hrnet_jax.models.hrnet import conv2d
+from hrnet_jax.models.layers import conv2d
 
 # The reference's own state_dict names and shapes, in order, recorded by
 # golden/make_golden.py from its PoseHighResolutionNet (see golden/README.md).

@@ -14,7 +14,8 @@ import pytest
 from hrnet_jax import convert
 from hrnet_jax.config import StageConfig, get_config, load_yaml
 from hrnet_jax.models import HRNet, build_model
-from hrnet_jax.models.hrnet import SCAN_MODES, BatchNorm, conv2d, upsample_nearest
+from hrnet_jax.models.layers import BatchNorm, conv2d, upsample_nearest
+from hrnet_jax.models.scan import SCAN_MODES
 
 
 @functools.cache
@@ -642,7 +643,7 @@ def test_the_scanned_w32_train_program_holds_under_a_quarter_of_the_convolutions
 
 
 def test_scan_auto_leaves_the_network_unrolled_on_the_cpu_and_unknown_modes_are_named():
-    from hrnet_jax.models.hrnet import scan_mode
+    from hrnet_jax.models.scan import scan_mode
 
     assert jax.default_backend() == "cpu"
     assert scan_mode("auto") == (False, False)

@@ -35,7 +35,8 @@ Scanning. HRNet repeats identical pieces: the residual blocks of a branch
 stacked on the fly, so XLA compiles each piece once: the W32 train step
 lowers to 203 convolutions instead of 878. The variables keep the unrolled
 network's names and shapes (initialisation always runs unrolled), so
-checkpoints, conversion and results are the same whichever way it runs.
+checkpoints, conversion and results are the same whichever way it runs
+(:mod:`hrnet_jax.models.scan`; the layers are in :mod:`hrnet_jax.models.layers`).
 """
 
 from __future__ import annotations
@@ -48,201 +49,14 @@ import jax
 import jax.numpy as jnp
 
 from hrnet_jax.config import Config, ModelConfig, StageConfig
+from hrnet_jax.models.layers import EXPANSION, BatchNorm, ResidualBlock, conv2d, upsample_nearest
+from hrnet_jax.models.scan import run_stacked, scan_mode
 
-# The reference initialises every convolution with N(0, 0.001^2) (init_weights).
-_CONV_INIT = nn.initializers.normal(stddev=0.001)
-_BN_EPSILON = 1e-5
-# PyTorch momentum 0.1 is a running average that keeps 0.9 of the old value.
-_BN_MOMENTUM = 0.9
 # The stem divides H and W by 4 and each of the three lower branches by 2 more.
 _INPUT_MULTIPLE = 32
-
-# Block kind -> channel expansion: a block of `planes` outputs planes * expansion channels.
-_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 # The stem's two stride-2 convolutions have 64 channels in every HRNet.
 _STEM_WIDTH = 64
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# model.scan -> (scan the alike blocks of a branch, scan the alike modules of a stage)
-SCAN_MODES = {"none": (False, False), "blocks": (True, False), "modules": (False, True),
-              "all": (True, True)}
-
-
-def scan_mode(scan: str) -> tuple[bool, bool]:
-    """``(blocks, modules)``: which repeats ``model.scan`` runs as one ``lax.scan``.
-
-    ``"auto"`` scans both on accelerators, where compiling the unrolled network
-    takes minutes, and neither on the CPU, where XLA's backward pass through a
-    scanned convolution runs several times slower than the unrolled one.
-    """
-    if scan == "auto":
-        scan = "none" if jax.default_backend() == "cpu" else "all"
-    if scan not in SCAN_MODES:
-        raise ValueError(f"model.scan: expected 'auto' or one of {sorted(SCAN_MODES)}, "
-                         f"got {scan!r}")
-    return SCAN_MODES[scan]
-
-
-def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.float32,
-           use_bias: bool = False) -> nn.Conv:
-    """A square convolution padded like PyTorch's ``padding=kernel // 2``.
-
-    Kernels start from N(0, 0.001^2) and biases from 0, as the reference's
-    ``init_weights``; parameters are float32, computation in ``dtype``.
-    """
-    # Explicit symmetric padding as PyTorch's padding=k//2; Flax 'SAME' pads a
-    # stride-2 convolution on even inputs only at the bottom/right.
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=use_bias,
-        kernel_init=_CONV_INIT,
-        bias_init=nn.initializers.zeros,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
-
-
-class BatchNorm(nn.Module):
-    """BatchNorm over (N, H, W) of an NHWC tensor with PyTorch's statistics rules.
-
-    Training normalises with the biased batch variance and updates
-    ``var`` with the unbiased one (``n / (n - 1)``), as ``torch.nn.BatchNorm2d``
-    does; evaluation uses ``mean``/``var``. Statistics are computed in float32
-    whatever the compute dtype. With ``axis_name`` the batch statistics are
-    averaged over that mapped axis (synchronised BatchNorm; equal per-device
-    batches assumed).
-
-    Attributes:
-      momentum: weight of the old running value (Flax convention; PyTorch 0.1).
-      epsilon: added to the variance.
-      dtype: dtype of the output.
-      axis_name: pmap/vmap axis to synchronise statistics over, or None.
-    """
-
-    momentum: float = _BN_MOMENTUM
-    epsilon: float = _BN_EPSILON
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            count = 1
-            for a in axes:
-                count *= x.shape[a]
-            mean = jnp.mean(x32, axis=axes)
-            if self.axis_name is not None:
-                mean = jax.lax.pmean(mean, self.axis_name)
-                count = count * jax.lax.psum(1, self.axis_name)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-            if self.axis_name is not None:
-                var = jax.lax.pmean(var, self.axis_name)
-            if not self.is_initializing():
-                unbiased = var * (count / jnp.maximum(count - 1, 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-        return y.astype(self.dtype)
-
-
-class _Block(nn.Module):
-    """BASIC (two 3x3) or BOTTLENECK (1x1, 3x3, 1x1 with 4x expansion) residual block."""
-
-    kind: str
-    planes: int
-    stride: int = 1
-    downsample: bool = False
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        def bn(name: str) -> BatchNorm:
-            return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
-
-        out_features = self.planes * _EXPANSION[self.kind]
-        if self.kind == "BASIC":
-            y = conv2d(self.planes, 3, self.stride, "conv1", self.dtype)(x)
-            y = nn.relu(bn("bn1")(y, train))
-            y = conv2d(self.planes, 3, 1, "conv2", self.dtype)(y)
-            y = bn("bn2")(y, train)
-        else:
-            y = conv2d(self.planes, 1, 1, "conv1", self.dtype)(x)
-            y = nn.relu(bn("bn1")(y, train))
-            y = conv2d(self.planes, 3, self.stride, "conv2", self.dtype)(y)
-            y = nn.relu(bn("bn2")(y, train))
-            y = conv2d(out_features, 1, 1, "conv3", self.dtype)(y)
-            y = bn("bn3")(y, train)
-        residual = x
-        if self.downsample:
-            residual = conv2d(out_features, 1, self.stride, "downsample_0", self.dtype)(x)
-            residual = bn("downsample_1")(residual, train)
-        return nn.relu(y + residual)
-
-
-def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
-    """Nearest-neighbour upsampling of (N, H, W, C) by an integer factor.
-
-    Each pixel becomes a ``factor`` x ``factor`` block, which is what PyTorch's
-    ``nn.Upsample(scale_factor=factor, mode='nearest')`` computes.
-    """
-    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
-
-
-def _scan_apply(module: nn.Module, variables: Sequence[Any], carry: Any, train: bool
-                ) -> tuple[Any, list[Any] | None]:
-    """Applies the unbound ``module`` once per entry of ``variables``, in one ``lax.scan``.
-
-    ``variables`` are the ``{'params', 'batch_stats'}`` of identical modules
-    (same shapes); each application takes the previous one's output. XLA then
-    compiles the module once instead of once per copy, which makes the program
-    several times smaller. Returns the last output and, in training, each
-    copy's updated ``batch_stats``.
-    """
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *variables)
-
-    def body(x, v):
-        if train:
-            y, updates = module.apply(v, x, train=True, mutable=["batch_stats"])
-            return y, updates["batch_stats"]
-        return module.apply(v, x, train=False), None
-
-    carry, stats = jax.lax.scan(body, carry, stacked)
-    if not train:
-        return carry, None
-    return carry, [jax.tree.map(lambda leaf, k=k: leaf[k], stats) for k in range(len(variables))]
-
-
-def _child_variables(module: nn.Module, name: str) -> dict[str, Any]:
-    return {c: module.variables[c][name] for c in ("params", "batch_stats")}
-
-
-def _run_stacked(parent: nn.Module, template: nn.Module, names: Sequence[str], carry: Any,
-                 train: bool) -> Any:
-    """``carry`` through the children ``names`` of ``parent`` (all like ``template``), scanned.
-
-    The children's variables stay where the unrolled network keeps them,
-    under their own names; updated statistics are written back there.
-    """
-    carry, stats = _scan_apply(template, [_child_variables(parent, n) for n in names], carry,
-                               train)
-    if stats is not None:
-        for name, value in zip(names, stats, strict=True):
-            parent.put_variable("batch_stats", name, value)
-    return carry
 
 
 def _residual_blocks(parent: nn.Module, x: jax.Array, prefix: str, kind: str, in_width: int,
@@ -255,15 +69,15 @@ def _residual_blocks(parent: nn.Module, x: jax.Array, prefix: str, kind: str, in
     (all of them when it has none) are alike: with ``scan``, outside
     initialisation, more than one alike block run as one ``lax.scan``.
     """
-    downsample = in_width != planes * _EXPANSION[kind]
+    downsample = in_width != planes * EXPANSION[kind]
     start = 1 if downsample else 0
     scanned = scan and not parent.is_initializing() and count - start > 1
     for k in range(start if scanned else count):
-        x = _Block(kind, planes, 1, downsample=k == 0 and downsample, dtype=dtype,
+        x = ResidualBlock(kind, planes, 1, downsample=k == 0 and downsample, dtype=dtype,
                    bn_axis_name=bn_axis_name, name=f"{prefix}{k}")(x, train)
     if scanned:
-        template = _Block(kind, planes, 1, dtype=dtype, bn_axis_name=bn_axis_name, parent=None)
-        x = _run_stacked(parent, template, [f"{prefix}{k}" for k in range(start, count)], x,
+        template = ResidualBlock(kind, planes, 1, dtype=dtype, bn_axis_name=bn_axis_name, parent=None)
+        x = run_stacked(parent, template, [f"{prefix}{k}" for k in range(start, count)], x,
                          train)
     return x
 
@@ -287,7 +101,7 @@ class HighResolutionModule(nn.Module):
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], train: bool) -> list[jax.Array]:
         stage = self.stage
-        expansion = _EXPANSION[stage.block]
+        expansion = EXPANSION[stage.block]
         n = stage.num_branches
 
         def bn(name: str) -> BatchNorm:
@@ -386,10 +200,10 @@ class HRNet(nn.Module):
                              dtype, axis)
 
         ys = [y]
-        pre_channels: tuple[int, ...] = (stage1.num_channels[0] * _EXPANSION[stage1.block],)
+        pre_channels: tuple[int, ...] = (stage1.num_channels[0] * EXPANSION[stage1.block],)
         stages = (cfg.stage2, cfg.stage3, cfg.stage4)
         for s, stage in enumerate(stages, start=2):
-            channels = tuple(c * _EXPANSION[stage.block] for c in stage.num_channels)
+            channels = tuple(c * EXPANSION[stage.block] for c in stage.num_channels)
             ys = self._transition(f"transition{s - 1}", ys, pre_channels, channels,
                                   train, dtype)
 
@@ -399,7 +213,7 @@ class HRNet(nn.Module):
             if scanned:
                 template = HighResolutionModule(channels, stage, dtype=dtype, bn_axis_name=axis,
                                                 scan_blocks=scan_blocks, parent=None)
-                ys = _run_stacked(self, template, [f"stage{s}_{m}" for m in range(alike)],
+                ys = run_stacked(self, template, [f"stage{s}_{m}" for m in range(alike)],
                                   list(ys), train)
             for m in range(alike if scanned else 0, stage.num_modules):
                 last_of_net = s == 4 and m == stage.num_modules - 1
@@ -465,8 +279,8 @@ def build_model(cfg: Config | ModelConfig, bn_axis_name: str | None = None) -> H
                          f"{stage1.num_branches}")
     for name in ("stage1", "stage2", "stage3", "stage4"):
         stage = getattr(model_cfg, name)
-        if stage.block not in _EXPANSION:
-            raise ValueError(f"model.{name}.block: expected one of {sorted(_EXPANSION)}, "
+        if stage.block not in EXPANSION:
+            raise ValueError(f"model.{name}.block: expected one of {sorted(EXPANSION)}, "
                              f"got {stage.block!r}")
         if stage.fuse_method != "SUM":
             raise ValueError(f"model.{name}.fuse_method: only 'SUM' exists, got "

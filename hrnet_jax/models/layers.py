@@ -1,0 +1,140 @@
+"""The layers HRNet is made of, as the reference defines them: PyTorch-padded
+convolutions, BatchNorm with PyTorch's statistics, the BASIC and BOTTLENECK
+residual blocks, and nearest upsampling. Tensors are NHWC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# The reference initialises every convolution with N(0, 0.001^2) (init_weights).
+_CONV_INIT = nn.initializers.normal(stddev=0.001)
+_BN_EPSILON = 1e-5
+# PyTorch momentum 0.1 is a running average that keeps 0.9 of the old value.
+_BN_MOMENTUM = 0.9
+# Block kind -> channel expansion: a block of `planes` outputs planes * expansion channels.
+EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
+
+
+def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.float32,
+           use_bias: bool = False) -> nn.Conv:
+    """A square convolution padded like PyTorch's ``padding=kernel // 2``.
+
+    Kernels start from N(0, 0.001^2) and biases from 0, as the reference's
+    ``init_weights``; parameters are float32, computation in ``dtype``.
+    """
+    # Explicit symmetric padding as PyTorch's padding=k//2; Flax 'SAME' pads a
+    # stride-2 convolution on even inputs only at the bottom/right.
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=_CONV_INIT,
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over (N, H, W) of an NHWC tensor with PyTorch's statistics rules.
+
+    Training normalises with the biased batch variance and updates
+    ``var`` with the unbiased one (``n / (n - 1)``), as ``torch.nn.BatchNorm2d``
+    does; evaluation uses ``mean``/``var``. Statistics are computed in float32
+    whatever the compute dtype. With ``axis_name`` the batch statistics are
+    averaged over that mapped axis (synchronised BatchNorm; equal per-device
+    batches assumed).
+
+    Attributes:
+      momentum: weight of the old running value (Flax convention; PyTorch 0.1).
+      epsilon: added to the variance.
+      dtype: dtype of the output.
+      axis_name: pmap/vmap axis to synchronise statistics over, or None.
+    """
+
+    momentum: float = _BN_MOMENTUM
+    epsilon: float = _BN_EPSILON
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            count = 1
+            for a in axes:
+                count *= x.shape[a]
+            mean = jnp.mean(x32, axis=axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+                count = count * jax.lax.psum(1, self.axis_name)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                unbiased = var * (count / jnp.maximum(count - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.astype(self.dtype)
+
+
+class ResidualBlock(nn.Module):
+    """BASIC (two 3x3) or BOTTLENECK (1x1, 3x3, 1x1 with 4x expansion) residual block."""
+
+    kind: str
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        def bn(name: str) -> BatchNorm:
+            return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+
+        out_features = self.planes * EXPANSION[self.kind]
+        if self.kind == "BASIC":
+            y = conv2d(self.planes, 3, self.stride, "conv1", self.dtype)(x)
+            y = nn.relu(bn("bn1")(y, train))
+            y = conv2d(self.planes, 3, 1, "conv2", self.dtype)(y)
+            y = bn("bn2")(y, train)
+        else:
+            y = conv2d(self.planes, 1, 1, "conv1", self.dtype)(x)
+            y = nn.relu(bn("bn1")(y, train))
+            y = conv2d(self.planes, 3, self.stride, "conv2", self.dtype)(y)
+            y = nn.relu(bn("bn2")(y, train))
+            y = conv2d(out_features, 1, 1, "conv3", self.dtype)(y)
+            y = bn("bn3")(y, train)
+        residual = x
+        if self.downsample:
+            residual = conv2d(out_features, 1, self.stride, "downsample_0", self.dtype)(x)
+            residual = bn("downsample_1")(residual, train)
+        return nn.relu(y + residual)
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+    """Nearest-neighbour upsampling of (N, H, W, C) by an integer factor.
+
+    Each pixel becomes a ``factor`` x ``factor`` block, which is what PyTorch's
+    ``nn.Upsample(scale_factor=factor, mode='nearest')`` computes.
+    """
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)

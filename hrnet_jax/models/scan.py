@@ -1,0 +1,79 @@
+"""Running identical pieces of a network as one ``jax.lax.scan`` (``model.scan``).
+
+HRNet repeats identical pieces: the residual blocks of a branch and the
+modules of a stage. Scanned, XLA compiles each piece once. The variables stay
+where the unrolled network keeps them, under their own names: they are
+stacked on the fly for the scan, and updated statistics are written back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# model.scan -> (scan the alike blocks of a branch, scan the alike modules of a stage)
+SCAN_MODES = {"none": (False, False), "blocks": (True, False), "modules": (False, True),
+              "all": (True, True)}
+
+
+def scan_mode(scan: str) -> tuple[bool, bool]:
+    """``(blocks, modules)``: which repeats ``model.scan`` runs as one ``lax.scan``.
+
+    ``"auto"`` scans both on accelerators, where compiling the unrolled network
+    takes minutes, and neither on the CPU, where XLA's backward pass through a
+    scanned convolution runs several times slower than the unrolled one.
+    """
+    if scan == "auto":
+        scan = "none" if jax.default_backend() == "cpu" else "all"
+    if scan not in SCAN_MODES:
+        raise ValueError(f"model.scan: expected 'auto' or one of {sorted(SCAN_MODES)}, "
+                         f"got {scan!r}")
+    return SCAN_MODES[scan]
+
+
+
+def scan_apply(module: nn.Module, variables: Sequence[Any], carry: Any, train: bool
+                ) -> tuple[Any, list[Any] | None]:
+    """Applies the unbound ``module`` once per entry of ``variables``, in one ``lax.scan``.
+
+    ``variables`` are the ``{'params', 'batch_stats'}`` of identical modules
+    (same shapes); each application takes the previous one's output. XLA then
+    compiles the module once instead of once per copy, which makes the program
+    several times smaller. Returns the last output and, in training, each
+    copy's updated ``batch_stats``.
+    """
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *variables)
+
+    def body(x, v):
+        if train:
+            y, updates = module.apply(v, x, train=True, mutable=["batch_stats"])
+            return y, updates["batch_stats"]
+        return module.apply(v, x, train=False), None
+
+    carry, stats = jax.lax.scan(body, carry, stacked)
+    if not train:
+        return carry, None
+    return carry, [jax.tree.map(lambda leaf, k=k: leaf[k], stats) for k in range(len(variables))]
+
+
+def _child_variables(module: nn.Module, name: str) -> dict[str, Any]:
+    return {c: module.variables[c][name] for c in ("params", "batch_stats")}
+
+
+def run_stacked(parent: nn.Module, template: nn.Module, names: Sequence[str], carry: Any,
+                 train: bool) -> Any:
+    """``carry`` through the children ``names`` of ``parent`` (all like ``template``), scanned.
+
+    The children's variables stay where the unrolled network keeps them,
+    under their own names; updated statistics are written back there.
+    """
+    carry, stats = scan_apply(template, [_child_variables(parent, n) for n in names], carry,
+                               train)
+    if stats is not None:
+        for name, value in zip(names, stats, strict=True):
+            parent.put_variable("batch_stats", name, value)
+    return carry
