@@ -356,6 +356,14 @@ def ensure_synthetic_mpii(root: str, *, num_train: int = 2000, num_valid: int = 
         root, num_train=num_train, num_valid=num_valid, seed=seed, image_size=image_size))
 
 
+def generation_settings(cfg: Any) -> dict[str, Any]:
+    """What a generated set's ``ensure_*`` function takes from the config: the
+    ``dataset.synthetic_*`` sizes and the seed."""
+    d = cfg.dataset
+    return {"num_train": d.synthetic_num_train, "num_valid": d.synthetic_num_valid,
+            "seed": cfg.seed, "image_size": tuple(d.synthetic_image_size)}
+
+
 def ensure_generated(root: str, params: dict[str, Any], subdirs: Sequence[str],
                      write: Any) -> str:
     """Runs ``write()`` to fill ``root`` unless a completion marker there holds ``params``.
@@ -403,7 +411,4 @@ class SyntheticMPIIDataset(MPIIDataset):
 
     @classmethod
     def prepare(cls, cfg: Any) -> str:
-        d = cfg.dataset
-        return ensure_synthetic_mpii(d.root, num_train=d.synthetic_num_train,
-                                     num_valid=d.synthetic_num_valid, seed=cfg.seed,
-                                     image_size=tuple(d.synthetic_image_size))
+        return ensure_synthetic_mpii(cfg.dataset.root, **generation_settings(cfg))

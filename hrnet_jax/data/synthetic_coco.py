@@ -46,6 +46,7 @@ from hrnet_jax.data.synthetic import (
     R_SHOULDER,
     R_WRIST,
     UPPER_NECK,
+    generation_settings,
 )
 
 TRAIN_SET, VALID_SET = "train2017", "val2017"
@@ -290,10 +291,7 @@ class SyntheticCOCODataset(COCODataset):
 
     @classmethod
     def prepare(cls, cfg: Any) -> str:
-        d = cfg.dataset
-        return ensure_synthetic_coco(d.root, num_train=d.synthetic_num_train,
-                                     num_valid=d.synthetic_num_valid, seed=cfg.seed,
-                                     image_size=tuple(d.synthetic_image_size))
+        return ensure_synthetic_coco(cfg.dataset.root, **generation_settings(cfg))
 
     def detections_path(self) -> str:
         """``test.coco_bbox_file`` when it names an existing file, else the generated detections."""
