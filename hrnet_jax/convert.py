@@ -1,8 +1,8 @@
-"""Reference PyTorch HRNet weights <-> Flax variables.
+"""Reference PyTorch HRNet weights <-> Flax variables: the naming and transposition rules.
 
 The network is the one description of its variables: :func:`reference_layout`
-takes every variable's path and shape from ``jax.eval_shape`` of
-``build_model(cfg).init`` and names it with two rules.
+takes every variable's path, shape and creation order from
+:func:`hrnet_jax.models.variables.variable_shapes` and names it with two rules.
 
 Names: a Flax module path is the reference module name with each numeric
 index glued to the name before it by ``_`` (:func:`flax_module_path`,
@@ -22,10 +22,8 @@ compact module's children, and their variables, in the order ``__call__``
 first calls them; so ``init``'s creation order of modules is the reference's
 order, and within a module the ``params`` leaves (parameters, created in the
 reference's order: ``kernel`` then ``bias``, ``scale`` then ``bias``) come
-before its ``batch_stats`` leaves (buffers). JAX's pytree functions, and so
-``eval_shape``'s result, sort dict keys: the creation order is read from the
-dicts ``init`` returns, while ``eval_shape`` traces it. specs/test_convert.py
-holds this against the reference's own ``state_dict`` listings.
+before its ``batch_stats`` leaves (buffers). specs/test_convert.py holds
+this against the reference's own ``state_dict`` listings.
 
 Nothing here needs PyTorch except :func:`read_torch_checkpoint`, which imports
 it on first use.
@@ -38,15 +36,18 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hrnet_jax.config import Config, ModelConfig
-from hrnet_jax.models import build_model
+from hrnet_jax.models.variables import (
+    check_variables,
+    format_problems,
+    network_key,
+    variable_shapes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,64 +93,25 @@ _LEAF_NAMES = {
     "params": {"kernel": "weight", "scale": "weight", "bias": "bias"},
     "batch_stats": {"mean": "running_mean", "var": "running_var"},
 }
-# The smallest legal input side: variable shapes do not depend on the input size.
-_PROBE_SIDE = 32
-# ModelConfig fields that change no variable (the parameters are float32 in
-# every compute dtype; init never scans). The layout cache sees each at one
-# value; a field not listed is part of the key, so a new one is safe by default.
-_LAYOUT_FREE_FIELDS = ("name", "image_size", "heatmap_size", "sigma", "target_type",
-                       "pretrained", "pretrained_layers", "dtype", "scan")
-
-
-class _Layout(NamedTuple):
-    entries: tuple[ReferenceEntry, ...]  # reference order
-    flax_shapes: dict[tuple[str, ...], tuple[int, ...]]  # (collection, *path) -> shape
-
-
-def _layout_key(cfg: Config | ModelConfig) -> ModelConfig:
-    plain = ModelConfig()
-    free = {name: getattr(plain, name) for name in _LAYOUT_FREE_FIELDS}
-    return dataclasses.replace(_model_config(cfg), **{**free, "scan": "none"})
-
-
-def _items_in_order(tree: Mapping, prefix: tuple[str, ...] = ()
-                    ) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """(path, leaf) of a nested dict in its insertion order (jax.tree sorts keys)."""
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _items_in_order(value, prefix + (str(key),))
-        else:
-            yield prefix + (str(key),), value
 
 
 @functools.lru_cache(maxsize=32)
-def _derive_layout(model_cfg: ModelConfig) -> _Layout:
-    """The layout of ``build_model(model_cfg)``, from its abstract ``init``."""
-    model = build_model(model_cfg)
-    created: dict[str, list[tuple[str, ...]]] = {}
-
-    def init(rng: jax.Array) -> Any:
-        variables = model.init(rng, jnp.zeros((1, 3, _PROBE_SIDE, _PROBE_SIDE)), train=False)
-        for collection, tree in variables.items():
-            created[collection] = [path for path, _ in _items_in_order(tree)]
-        return variables
-
-    abstract = jax.eval_shape(init, jax.random.key(0))
+def _entries(key: ModelConfig) -> tuple[ReferenceEntry, ...]:
+    """The reference entries of the network ``key`` (see :func:`network_key`)."""
+    shapes = variable_shapes(key)
     # module path -> collection -> leaf names; modules in params creation order.
     modules: dict[tuple[str, ...], dict[str, list[str]]] = {}
-    for collection in created:
+    for collection, *path in shapes:
         if collection not in _LEAF_NAMES:
             raise ValueError(f"convert: the network has a {collection!r} collection, "
                              f"which the reference layout has no rule for")
-    for collection in _LEAF_NAMES:
-        for path in created.get(collection, ()):
-            module = path[:-1]
-            if collection != "params" and module not in modules:
-                raise ValueError(f"convert: {collection}/{'/'.join(path)} belongs to a module "
-                                 f"without params, which the reference layout has no rule for")
-            modules.setdefault(module, {}).setdefault(collection, []).append(path[-1])
+        module = tuple(path[:-1])
+        if collection != "params" and module not in modules:
+            raise ValueError(f"convert: {collection}/{'/'.join(path)} belongs to a module "
+                             f"without params, which the reference layout has no rule for")
+        modules.setdefault(module, {}).setdefault(collection, []).append(path[-1])
 
-    entries, flax_shapes = [], {}
+    entries = []
     for module, leaves in modules.items():
         name = reference_module_name(module)
         for collection, names in _LEAF_NAMES.items():
@@ -158,26 +120,25 @@ def _derive_layout(model_cfg: ModelConfig) -> _Layout:
                     raise ValueError(f"convert: {collection}/{'/'.join(module + (leaf,))} has no "
                                      f"reference counterpart (known leaves: {sorted(names)})")
                 path = module + (leaf,)
-                shape = tuple(_get(abstract[collection], path).shape)
-                flax_shapes[(collection,) + path] = shape
+                shape = shapes[(collection,) + path]
                 if leaf == "kernel":  # (kH, kW, I, O) -> (O, I, kH, kW)
                     shape = (shape[3], shape[2], shape[0], shape[1])
                 entries.append(ReferenceEntry(f"{name}.{names[leaf]}", shape, collection, path))
         if "batch_stats" in leaves:
             entries.append(ReferenceEntry(f"{name}.num_batches_tracked", (), None,
                                           module + ("num_batches_tracked",)))
-    return _Layout(tuple(entries), flax_shapes)
+    return tuple(entries)
 
 
-def _layout(cfg: Config | ModelConfig) -> _Layout:
-    return _derive_layout(_layout_key(cfg))
+def _layout(cfg: Config | ModelConfig) -> tuple[ReferenceEntry, ...]:
+    return _entries(network_key(cfg))
 
 
 def reference_layout(cfg: Config | ModelConfig) -> list[ReferenceEntry]:
     """Every reference ``state_dict`` entry of ``cfg``'s network, in reference order.
 
-    Derived from the network itself (``jax.eval_shape`` of its ``init``) once
-    per distinct network; later calls are a cache lookup.
+    Derived from the network itself (:func:`hrnet_jax.models.variables.variable_shapes`)
+    once per distinct network; later calls are a cache lookup.
 
     Args:
       cfg: configuration (only the ``model`` section is used).
@@ -186,7 +147,7 @@ def reference_layout(cfg: Config | ModelConfig) -> list[ReferenceEntry]:
       The entries, ``num_batches_tracked`` included, as the reference's
       ``model.state_dict()`` lists them.
     """
-    return list(_layout(cfg).entries)
+    return list(_layout(cfg))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -209,18 +170,6 @@ def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _format_problems(what: str, missing: list[str], unexpected: list[str],
-                     mismatched: list[str]) -> str:
-    lines = [f"{what}: {len(missing)} missing, {len(unexpected)} unexpected, "
-             f"{len(mismatched)} mis-shaped"]
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", mismatched)):
-        if items:
-            lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {item}" for item in items)
-    return "\n".join(lines)
-
-
 def torch_state_dict_to_variables(
     state_dict: Mapping[str, Any], cfg: Config | ModelConfig, *, strict: bool = True
 ) -> dict[str, dict]:
@@ -241,7 +190,7 @@ def torch_state_dict_to_variables(
     Raises:
       ValueError: listing every missing, unexpected and mis-shaped key.
     """
-    layout = _layout(cfg).entries
+    layout = _layout(cfg)
     known = {e.name: e for e in layout}
     missing, mismatched = [], []
     variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -262,40 +211,10 @@ def torch_state_dict_to_variables(
         _set(variables[entry.collection], entry.path, np.array(value, dtype=np.float32))
     unexpected = [k for k in state_dict if k not in known]
     if mismatched or (strict and (missing or unexpected)):
-        raise ValueError(_format_problems(
+        raise ValueError(format_problems(
             "state_dict does not match the reference network of this config",
             missing if strict else [], unexpected if strict else [], mismatched))
     return variables
-
-
-def _check_variables(variables: Mapping[str, Any],
-                     expected: Mapping[tuple[str, ...], tuple[int, ...]]) -> None:
-    given = {
-        path: tuple(np.shape(leaf)) for c in ("params", "batch_stats")
-        if isinstance(variables.get(c), Mapping)
-        for path, leaf in _items_in_order(variables[c], (c,))
-    }
-    missing = [f"{'/'.join(p)} {shape}" for p, shape in expected.items() if p not in given]
-    unexpected = ["/".join(p) for p in given if p not in expected]
-    mismatched = [f"{'/'.join(p)}: expected {shape}, got {given[p]}"
-                  for p, shape in expected.items() if p in given and given[p] != shape]
-    if missing or unexpected or mismatched:
-        raise ValueError(_format_problems(
-            "variables do not match the network of this config", missing, unexpected,
-            mismatched))
-
-
-def check_variables(variables: Mapping[str, Any], cfg: Config | ModelConfig) -> None:
-    """Checks that ``variables`` has exactly the leaves and shapes of ``build_model(cfg)``.
-
-    The expected tree is ``jax.eval_shape`` of the network's ``init``, traced
-    once per distinct network and cached; ``variables`` are neither traced
-    nor copied.
-
-    Raises:
-      ValueError: listing every missing, unexpected and mis-shaped variable.
-    """
-    _check_variables(variables, _layout(cfg).flax_shapes)
 
 
 def variables_to_torch_state_dict(
@@ -315,9 +234,9 @@ def variables_to_torch_state_dict(
       ValueError: listing every missing, unexpected and mis-shaped variable.
     """
     layout = _layout(cfg)
-    _check_variables(variables, layout.flax_shapes)
+    check_variables(variables, cfg)
     out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-    for entry in layout.entries:
+    for entry in layout:
         if entry.collection is None:
             out[entry.name] = np.array(0, dtype=np.int64)
             continue
@@ -364,7 +283,7 @@ def load_pretrained_backbone(
     selected = {k: v for k, v in state_dict.items()
                 if take_all or k.split(".", 1)[0] in layers}
     loaded_tree = torch_state_dict_to_variables(selected, cfg, strict=False)
-    entries = _layout(cfg).entries
+    entries = _layout(cfg)
     layout = [e for e in entries if e.collection is not None]
     loaded = [e.name for e in layout if e.name in selected]
     left = [e.name for e in layout if e.name not in selected]

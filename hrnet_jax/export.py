@@ -43,11 +43,11 @@ import numpy as np
 
 from hrnet_jax import config as config_lib
 from hrnet_jax.config import Config
-from hrnet_jax.convert import check_variables
 from hrnet_jax.data.registry import dataset_keypoints
 from hrnet_jax.forward import predict_heatmaps
 from hrnet_jax.models import build_model
 from hrnet_jax.models.layers import BatchNorm
+from hrnet_jax.models.variables import check_variables
 
 __all__ = ["DEFAULT_OPSET", "FORMATS", "INPUT_NAME", "OUTPUT_NAME", "ExportCheck",
            "ExportedModel", "MissingDependencyError", "check_export", "heatmaps_function",

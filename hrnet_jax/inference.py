@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from hrnet_jax.config import Config
-from hrnet_jax.convert import check_variables
 from hrnet_jax.crop import BOX_PADDING, box_to_center_scale, check_boxes, crop_inputs
 from hrnet_jax.data.keypoints import SIDE_COLOURS, Keypoints
 from hrnet_jax.data.registry import dataset_keypoints
@@ -28,6 +27,7 @@ from hrnet_jax.forward import predict_heatmaps
 from hrnet_jax.images import read_image
 from hrnet_jax.model_file import load_model
 from hrnet_jax.models import build_model
+from hrnet_jax.models.variables import check_variables
 
 # The crop functions (hrnet_jax.crop) and read_image (hrnet_jax.images) are
 # imported from here too.

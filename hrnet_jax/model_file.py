@@ -26,8 +26,8 @@ import numpy as np
 from flax import serialization
 
 from hrnet_jax import config as config_lib
-from hrnet_jax import convert
 from hrnet_jax.config import Config
+from hrnet_jax.models.variables import check_variables
 
 CONFIG_FILE = "config.json"
 VARIABLES_FILE = "variables.msgpack"
@@ -147,7 +147,7 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, Any], Config]:
     # per network) so a file saved for another network fails here and not
     # deep inside apply.
     try:
-        convert.check_variables(variables, cfg)
+        check_variables(variables, cfg)
     except ValueError as e:
         raise ValueError(f"exported model {path!r}: {VARIABLES_FILE} does not match "
                          f"{CONFIG_FILE}:\n{e}") from None

@@ -14,6 +14,7 @@ import pytest
 from hrnet_jax import convert
 from hrnet_jax.config import StageConfig, get_config
 from hrnet_jax.models import build_model
+from hrnet_jax.models import variables as model_variables
 from hrnet_jax.models.layers import conv2d
 
 # The reference's own state_dict names and shapes, in order, recorded by
@@ -292,7 +293,7 @@ def test_checking_variables_on_every_model_load_traces_each_network_once(monkeyp
         built.append(model_cfg)
         return build_model(model_cfg)
 
-    monkeypatch.setattr(convert, "build_model", counting_build_model)
+    monkeypatch.setattr(model_variables, "build_model", counting_build_model)
     cfg = _tiny_config()
     # A network no other spec asks for, so that no earlier call has traced it.
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_joints=5))
