@@ -335,3 +335,13 @@ def test_a_new_run_starts_its_backbone_from_model_pretrained(data_root, tmp_path
     assert not np.array_equal(start["params"]["final_layer"]["kernel"],
                               imagenet["params"]["final_layer"]["kernel"])
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["pretrained"] == path
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused_before_anything_is_written(
+        data_root, tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"24 records are fewer than one batch of 64"):
+        train(run_config(data_root, "train.batch_size_per_device=64"), str(workdir),
+              show_progress=False)
+    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+    assert_logging_handed_back()

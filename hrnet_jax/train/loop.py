@@ -174,25 +174,23 @@ class _Run:
         self.show_progress = show_progress and self.is_main
         self.num_devices = jax.local_device_count()
         self.train_batch = cfg.train.batch_size_per_device * self.num_devices
-        valid_batch = cfg.test.batch_size_per_device * self.num_devices
-        self.train_loader = data_lib.build_loader(cfg, "train", batch_size=self.train_batch,
-                                                  shuffle=cfg.train.shuffle)
-        try:
-            self._set_up(max_steps, valid_batch)
-        except BaseException:
-            self.close()
-            raise
         self.best_perf: float | None = None
         self.best_step: int | None = None
         self.compiled = False  # the first train step (compiling) is left out of timing
+        try:
+            self._open(max_steps)
+        except BaseException:
+            self.close()
+            raise
 
-    def _set_up(self, max_steps: int | None, valid_batch: int) -> None:
+    def _open(self, max_steps: int | None) -> None:
+        """Builds the loaders, the steps, the checkpoint manager and the scalar writers."""
         cfg, logger, workdir = self.cfg, self.logger, self.workdir
+        valid_batch = cfg.test.batch_size_per_device * self.num_devices
+        self.train_loader = data_lib.build_loader(cfg, "train", batch_size=self.train_batch,
+                                                  shuffle=cfg.train.shuffle)
         self.valid_loader = data_lib.build_loader(cfg, "valid", batch_size=valid_batch)
-        self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"the training set is smaller than one batch of {self.train_batch} "
-                             f"({self.num_devices} device(s) x train.batch_size_per_device)")
+        self.steps_per_epoch = len(self.train_loader)  # at least 1: the loader checks
         total = cfg.train.end_epoch * self.steps_per_epoch
         self.total_steps = total if max_steps is None else min(total, int(max_steps))
         self.schedule = learning_rate_schedule(cfg, self.steps_per_epoch)
@@ -206,6 +204,7 @@ class _Run:
         self.scalars = logs.Scalars(workdir, enabled=self.is_main, logger=logger)
 
     def close(self) -> None:
+        """Closes what :meth:`_open` opened, as far as it got."""
         for part in ("checkpoints", "scalars", "train_loader", "valid_loader"):
             if hasattr(self, part):
                 getattr(self, part).close()
