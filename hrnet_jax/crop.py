@@ -23,7 +23,7 @@ from hrnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD, PIXEL_STD
 from hrnet_jax.transforms import get_affine_transform
 
 __all__ = ["BOX_PADDING", "box_to_center_scale", "check_boxes", "crop_inputs",
-           "normalize_image", "warp_crop"]
+           "normalize_image", "warp", "warp_crop"]
 
 # The reference pads every detected box by this factor before cropping.
 BOX_PADDING = 1.25
@@ -117,8 +117,15 @@ def warp_crop(image: np.ndarray, center: Any, scale: Any, rotation: float,
     Returns:
       (height, width, C) uint8 crop.
     """
+    size = (int(image_size[0]), int(image_size[1]))
+    return warp(image, get_affine_transform(center, scale, rotation, size), size)
+
+
+def warp(image: np.ndarray, trans: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
+    """``image`` through the (2, 3) crop matrix ``trans`` into ``image_size`` (width,
+    height): bilinear, black outside the image (:func:`warp_crop` with its matrix given,
+    for callers that also move points with it)."""
     width, height = int(image_size[0]), int(image_size[1])
-    trans = get_affine_transform(center, scale, rotation, (width, height))
     return cv2.warpAffine(np.ascontiguousarray(image), trans, (width, height),
                           flags=cv2.INTER_LINEAR)
 

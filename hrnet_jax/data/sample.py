@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from hrnet_jax.constants import PIXEL_STD
-from hrnet_jax.crop import normalize_image, warp_crop
+from hrnet_jax.crop import normalize_image, warp
 from hrnet_jax.targets import generate_target_np
 from hrnet_jax.transforms import affine_transform, get_affine_transform
 
@@ -202,13 +202,13 @@ def make_sample(image_bgr: np.ndarray, record: Mapping[str, Any], spec: SampleSp
 
     # Bilinear warping treats channels alike, so cropping the BGR image and
     # reordering the small crop equals the reference's convert-then-crop.
-    crop = warp_crop(image_bgr, center, scale, rotation, spec.image_size)
+    trans = get_affine_transform(center, scale, rotation, spec.image_size)
+    crop = warp(image_bgr, trans, spec.image_size)
     if spec.color_rgb:
         crop = crop[:, :, ::-1]
     input_ = normalize_image(crop)
 
-    # The matrix warp_crop cropped with moves the joints along.
-    trans = get_affine_transform(center, scale, rotation, spec.image_size)
+    # The matrix the crop was made with moves the joints along.
     visible = joints_vis[:, 0] > 0.0
     joints[visible, 0:2] = affine_transform(joints[visible, 0:2], trans)
     target, target_weight = generate_target_np(
