@@ -642,11 +642,11 @@ def test_the_scanned_w32_train_program_holds_under_a_quarter_of_the_convolutions
     assert counts["all"] < counts["none"] / 4
 
 
-def test_scan_auto_leaves_the_network_unrolled_on_the_cpu_and_unknown_modes_are_named():
+def test_scan_auto_scans_the_blocks_and_the_modules_and_unknown_modes_are_named():
     from hrnet_jax.models.scan import scan_mode
 
-    assert jax.default_backend() == "cpu"
-    assert scan_mode("auto") == (False, False)
+    assert scan_mode("auto") == (True, True)
+    assert scan_mode("none") == (False, False)
     assert scan_mode("all") == (True, True)
     with pytest.raises(ValueError, match=r"model\.scan: expected 'auto' or one of .*'blocks'"):
         build_model(_repeating_config("sometimes"))

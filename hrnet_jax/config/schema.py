@@ -45,8 +45,8 @@ class ModelConfig:
         "transition2", "stage3", "transition3", "stage4",
     )
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    # Repeated blocks and modules run as one lax.scan each: "auto" (on
-    # accelerators, not on the CPU), "none", "blocks", "modules" or "all".
+    # Repeated blocks and modules run as one lax.scan each: "auto" (the same
+    # as "all"), "none", "blocks", "modules" or "all".
     # The variables and the results are the same either way.
     scan: str = "auto"
 

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hrnet_jax.models import cpu_convolution
+
 # The reference initialises every convolution with N(0, 0.001^2) (init_weights).
 _CONV_INIT = nn.initializers.normal(stddev=0.001)
 _BN_EPSILON = 1e-5
@@ -25,7 +27,9 @@ def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.
     """A square convolution padded like PyTorch's ``padding=kernel // 2``.
 
     Kernels start from N(0, 0.001^2) and biases from 0, as the reference's
-    ``init_weights``; parameters are float32, computation in ``dtype``.
+    ``init_weights``; parameters are float32, computation in ``dtype``. On the
+    CPU the convolution's gradient is written in the form XLA's CPU backend
+    runs fast inside ``model.scan``'s loops (:mod:`~hrnet_jax.models.cpu_convolution`).
     """
     # Explicit symmetric padding as PyTorch's padding=k//2; Flax 'SAME' pads a
     # stride-2 convolution on even inputs only at the bottom/right.
@@ -40,6 +44,8 @@ def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=(cpu_convolution.conv_general_dilated
+                              if jax.default_backend() == "cpu" else None),
         name=name,
     )
 
