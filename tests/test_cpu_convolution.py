@@ -139,3 +139,24 @@ def test_a_scanned_hrnet_train_step_compiles_to_canonical_convolutions_on_the_cp
                         lax.conv_general_dilated)
     plain = _dim_labels(jax.grad(loss), params)
     assert len(plain) == len(labels) and set(plain) != {CANONICAL}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="about XLA's CPU backend")
+def test_only_the_convolutions_inside_the_loops_carry_the_custom_gradient():
+    x = jnp.ones((1, 3, 64, 64))
+    counts = {}
+    for scan in ("none", "all"):
+        model = build_model(override(tiny_config(), {"model.scan": scan,
+                                                     "model.stage3.num_modules": 2}))
+        variables = model.init(jax.random.key(0), x, train=False)
+        jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+        counts[scan] = jaxpr.count("custom_vjp_call")
+    # Unrolled, the network is plain: forward-mode differentiation works.
+    assert counts["none"] == 0
+    model = build_model(override(tiny_config(), {"model.scan": "none"}))
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, tangent = jax.jvp(lambda x: model.apply(variables, x, train=False), (x,), (x,))
+    assert tangent.shape == (1, 16, 16, 16)
+    # Scanned, the two alike modules of stage 3 run in a loop: their
+    # convolutions (written once in the loop's body) carry it.
+    assert counts["all"] > 0

@@ -9,7 +9,7 @@ batch taken as the contracted dimension. XLA rewrites these into canonical
 form with transposes, but only in the program's top-level computation, not
 inside the body of a loop, so with ``model.scan`` the backward pass through
 every scanned convolution ran that slow path (a W32 train step at batch 8
-on two CPU cores took 197 s; with this module, 7.3 s).
+on two CPU cores took 197 s; with this module, 7.7 s).
 
 :func:`conv_general_dilated` computes the same forward convolution and writes
 its gradient with explicit transposes around canonical convolutions, the
@@ -23,8 +23,12 @@ per spatial dimension, giving ``dy`` (N, Ho, Wo, O):
             padding (lo, k + (Ho - 1) s - H - lo)), read as (kh, kw, I, O)
 
 Other convolutions (dilated, grouped, other layouts) go to
-``jax.lax.conv_general_dilated`` unchanged. Only worth using on the CPU: GPU
-backends match autodiff's form to their own backward kernels.
+``jax.lax.conv_general_dilated`` unchanged. Only worth using on the CPU and
+inside loops (``layers.conv2d`` with ``in_loop``): elsewhere XLA makes the
+same rewrite itself, and GPU backends match autodiff's form to their own
+backward kernels. Being a ``jax.custom_vjp``, it supports reverse-mode
+differentiation (``jax.grad``, ``jax.vjp``, and ``jax.vmap`` of them) but not
+forward mode (``jax.jvp``, ``jax.jacfwd``).
 """
 
 from __future__ import annotations

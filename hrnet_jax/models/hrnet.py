@@ -61,22 +61,25 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def _residual_blocks(parent: nn.Module, x: jax.Array, prefix: str, kind: str, in_width: int,
                      planes: int, count: int, scan: bool, train: bool, dtype: Any,
-                     bn_axis_name: str | None) -> jax.Array:
+                     bn_axis_name: str | None, in_loop: bool = False) -> jax.Array:
     """``count`` residual blocks of ``kind``, children of ``parent`` named ``{prefix}{k}``.
 
     The first block's shortcut is a 1x1 conv + BN when ``in_width`` differs
     from the blocks' output width ``planes * expansion``. The blocks after it
     (all of them when it has none) are alike: with ``scan``, outside
     initialisation, more than one alike block run as one ``lax.scan``.
+    ``in_loop``: ``parent`` itself runs inside a ``lax.scan``.
     """
     downsample = in_width != planes * EXPANSION[kind]
     start = 1 if downsample else 0
     scanned = scan and not parent.is_initializing() and count - start > 1
     for k in range(start if scanned else count):
         x = ResidualBlock(kind, planes, 1, downsample=k == 0 and downsample, dtype=dtype,
-                   bn_axis_name=bn_axis_name, name=f"{prefix}{k}")(x, train)
+                          bn_axis_name=bn_axis_name, in_loop=in_loop,
+                          name=f"{prefix}{k}")(x, train)
     if scanned:
-        template = ResidualBlock(kind, planes, 1, dtype=dtype, bn_axis_name=bn_axis_name, parent=None)
+        template = ResidualBlock(kind, planes, 1, dtype=dtype, bn_axis_name=bn_axis_name,
+                                 in_loop=True, parent=None)
         x = run_stacked(parent, template, [f"{prefix}{k}" for k in range(start, count)], x,
                          train)
     return x
@@ -97,6 +100,7 @@ class HighResolutionModule(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     scan_blocks: bool = False
+    in_loop: bool = False  # runs inside model.scan's loop (see layers.conv2d)
 
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], train: bool) -> list[jax.Array]:
@@ -110,7 +114,7 @@ class HighResolutionModule(nn.Module):
         ys = [
             _residual_blocks(self, xs[i], f"branches_{i}_", stage.block, self.in_channels[i],
                              stage.num_channels[i], stage.num_blocks[i], self.scan_blocks,
-                             train, self.dtype, self.bn_axis_name)
+                             train, self.dtype, self.bn_axis_name, self.in_loop)
             for i in range(n)
         ]
         if n == 1:
@@ -126,7 +130,8 @@ class HighResolutionModule(nn.Module):
                 if j == i:
                     z = ys[j]
                 elif j > i:
-                    z = conv2d(channels[i], 1, 1, f"{prefix}_0", self.dtype)(ys[j])
+                    z = conv2d(channels[i], 1, 1, f"{prefix}_0", self.dtype,
+                               in_loop=self.in_loop)(ys[j])
                     z = bn(f"{prefix}_1")(z, train)
                     z = upsample_nearest(z, 2 ** (j - i))
                 else:
@@ -134,7 +139,8 @@ class HighResolutionModule(nn.Module):
                     for k in range(i - j):
                         last = k == i - j - 1
                         width = channels[i] if last else channels[j]
-                        z = conv2d(width, 3, 2, f"{prefix}_{k}_0", self.dtype)(z)
+                        z = conv2d(width, 3, 2, f"{prefix}_{k}_0", self.dtype,
+                                   in_loop=self.in_loop)(z)
                         z = bn(f"{prefix}_{k}_1")(z, train)
                         if not last:
                             z = nn.relu(z)
@@ -212,7 +218,8 @@ class HRNet(nn.Module):
             scanned = scan_modules and alike > 1
             if scanned:
                 template = HighResolutionModule(channels, stage, dtype=dtype, bn_axis_name=axis,
-                                                scan_blocks=scan_blocks, parent=None)
+                                                scan_blocks=scan_blocks, in_loop=True,
+                                                parent=None)
                 ys = run_stacked(self, template, [f"stage{s}_{m}" for m in range(alike)],
                                   list(ys), train)
             for m in range(alike if scanned else 0, stage.num_modules):

@@ -23,13 +23,14 @@ EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 
 
 def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.float32,
-           use_bias: bool = False) -> nn.Conv:
+           use_bias: bool = False, in_loop: bool = False) -> nn.Conv:
     """A square convolution padded like PyTorch's ``padding=kernel // 2``.
 
     Kernels start from N(0, 0.001^2) and biases from 0, as the reference's
-    ``init_weights``; parameters are float32, computation in ``dtype``. On the
-    CPU the convolution's gradient is written in the form XLA's CPU backend
-    runs fast inside ``model.scan``'s loops (:mod:`~hrnet_jax.models.cpu_convolution`).
+    ``init_weights``; parameters are float32, computation in ``dtype``. With
+    ``in_loop`` (the convolution runs inside ``model.scan``'s loop) on the CPU,
+    its gradient is written in the form XLA's CPU backend runs fast there
+    (:mod:`~hrnet_jax.models.cpu_convolution`).
     """
     # Explicit symmetric padding as PyTorch's padding=k//2; Flax 'SAME' pads a
     # stride-2 convolution on even inputs only at the bottom/right.
@@ -45,7 +46,7 @@ def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.
         dtype=dtype,
         param_dtype=jnp.float32,
         conv_general_dilated=(cpu_convolution.conv_general_dilated
-                              if jax.default_backend() == "cpu" else None),
+                              if in_loop and jax.default_backend() == "cpu" else None),
         name=name,
     )
 
@@ -111,28 +112,32 @@ class ResidualBlock(nn.Module):
     downsample: bool = False
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    in_loop: bool = False  # runs inside model.scan's loop (see conv2d)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         def bn(name: str) -> BatchNorm:
             return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
 
+        def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+            return conv2d(features, kernel, stride, name, self.dtype, in_loop=self.in_loop)
+
         out_features = self.planes * EXPANSION[self.kind]
         if self.kind == "BASIC":
-            y = conv2d(self.planes, 3, self.stride, "conv1", self.dtype)(x)
+            y = conv(self.planes, 3, self.stride, "conv1")(x)
             y = nn.relu(bn("bn1")(y, train))
-            y = conv2d(self.planes, 3, 1, "conv2", self.dtype)(y)
+            y = conv(self.planes, 3, 1, "conv2")(y)
             y = bn("bn2")(y, train)
         else:
-            y = conv2d(self.planes, 1, 1, "conv1", self.dtype)(x)
+            y = conv(self.planes, 1, 1, "conv1")(x)
             y = nn.relu(bn("bn1")(y, train))
-            y = conv2d(self.planes, 3, self.stride, "conv2", self.dtype)(y)
+            y = conv(self.planes, 3, self.stride, "conv2")(y)
             y = nn.relu(bn("bn2")(y, train))
-            y = conv2d(out_features, 1, 1, "conv3", self.dtype)(y)
+            y = conv(out_features, 1, 1, "conv3")(y)
             y = bn("bn3")(y, train)
         residual = x
         if self.downsample:
-            residual = conv2d(out_features, 1, self.stride, "downsample_0", self.dtype)(x)
+            residual = conv(out_features, 1, self.stride, "downsample_0")(x)
             residual = bn("downsample_1")(residual, train)
         return nn.relu(y + residual)
 
