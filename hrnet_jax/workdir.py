@@ -57,16 +57,20 @@ def restore_variables(directory: str | os.PathLike, step: int | None = None) -> 
     ``directory`` is a checkpoint directory of :class:`Checkpoints` (the
     newest step is used unless ``step`` is given) or one step directory in it.
     """
+    from hrnet_jax.train.checkpoint import unpack_nested
+
     path = os.path.abspath(os.fspath(directory))
-    if os.path.isdir(os.path.join(path, "state")):
-        restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
-    else:
+    if not os.path.isdir(os.path.join(path, "state")):
         with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as m:
             step = m.latest_step() if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"no complete checkpoint in {path}")
-            restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-            restored = restored["state"]
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {path}")
+        path = os.path.join(path, str(step))
+    restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+    if os.path.isdir(os.path.join(path, "layout")):  # packed (see hrnet_jax.train.checkpoint)
+        layout = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            os.path.join(path, "layout"))
+        restored = unpack_nested(restored, layout)
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
 
 

@@ -362,6 +362,53 @@ def test_conv_kernels_start_from_normal_std_0_001_and_batchnorm_from_1_and_0(tin
                for path, leaf in jax.tree_util.tree_leaves_with_path(stats))
 
 
+def test_the_trainers_initialisation_gives_the_networks_variables_from_the_same_rule(
+        tiny_initialised):
+    from hrnet_jax.train.state import init_variables
+
+    cfg, _, variables = tiny_initialised
+    drawn = init_variables(cfg, jax.random.key(3))
+    assert jax.tree.structure(drawn) == jax.tree.structure(
+        {"params": variables["params"], "batch_stats": variables["batch_stats"]})
+    kernels = []
+    for (path, leaf), (_, own) in zip(jax.tree_util.tree_leaves_with_path(drawn),
+                                      jax.tree_util.tree_leaves_with_path(
+                                          {"params": variables["params"],
+                                           "batch_stats": variables["batch_stats"]}),
+                                      strict=True):
+        assert leaf.shape == own.shape and leaf.dtype == own.dtype == jnp.float32, path
+        if path[-1].key == "kernel":
+            kernels.append(np.ravel(leaf))
+        else:  # the constants: BatchNorm scale and running variance 1, the rest 0
+            np.testing.assert_array_equal(leaf, own, err_msg=jax.tree_util.keystr(path))
+    values = np.concatenate(kernels)
+    assert values.size > 10_000
+    assert abs(values.mean()) < 1e-4
+    assert values.std() == pytest.approx(0.001, rel=0.05)
+    # A normal distribution: 68.3% of the draws within one standard deviation.
+    assert np.mean(np.abs(values) < 0.001) == pytest.approx(0.683, abs=0.02)
+    # Every kernel has draws of its own.
+    firsts = {float(k[0]) for k in kernels}
+    assert len(firsts) == len(kernels)
+    again = init_variables(cfg, jax.random.key(3))
+    other = init_variables(cfg, jax.random.key(4))
+    for a, b in zip(jax.tree.leaves(drawn), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    kernel = drawn["params"]["conv1"]["kernel"]
+    assert not np.array_equal(kernel, other["params"]["conv1"]["kernel"])
+
+
+def test_the_trainers_initialisation_names_a_variable_it_has_no_rule_for(monkeypatch):
+    from hrnet_jax.models import layers
+    from hrnet_jax.train import state
+
+    monkeypatch.setattr(state, "INITIAL_CONSTANTS",
+                        {k: v for k, v in layers.INITIAL_CONSTANTS.items() if k != "var"})
+    with pytest.raises(ValueError, match=r"no initial value for \['batch_stats'\]\['bn1'\]"
+                                         r"\['var'\]"):
+        state.init_variables(_tiny_config(), jax.random.key(0))
+
+
 # --------------------------------------------------------------------------- layers
 
 

@@ -149,7 +149,7 @@ def test_only_the_convolutions_inside_the_loops_carry_the_custom_gradient():
         model = build_model(override(tiny_config(), {"model.scan": scan,
                                                      "model.stage3.num_modules": 2}))
         variables = model.init(jax.random.key(0), x, train=False)
-        jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+        jaxpr = str(jax.make_jaxpr(lambda v, m=model: m.apply(v, x, train=False))(variables))
         counts[scan] = jaxpr.count("custom_vjp_call")
     # Unrolled, the network is plain: forward-mode differentiation works.
     assert counts["none"] == 0

@@ -89,6 +89,21 @@ def test_the_same_seed_gives_the_same_files_and_another_seed_does_not(tmp_path):
     assert read(a, "annot/train.json") != read(c, "annot/train.json")
 
 
+def test_rendering_in_several_processes_writes_the_same_files_as_one(tmp_path):
+    a = write_synthetic_mpii(str(tmp_path / "a"), num_train=5, num_valid=3, seed=2, image_size=48,
+                             processes=1)
+    b = write_synthetic_mpii(str(tmp_path / "b"), num_train=5, num_valid=3, seed=2, image_size=48,
+                             processes=2)
+    read = lambda r, p: open(os.path.join(r, p), "rb").read()  # noqa: E731
+    for p in ("annot/train.json", "annot/valid.json", "annot/test.json",
+              *(f"images/{f}" for f in sorted(os.listdir(os.path.join(a, "images"))))):
+        assert read(a, p) == read(b, p), p
+    assert len(os.listdir(os.path.join(b, "images"))) == 8
+    gt_a, gt_b = (scipy.io.loadmat(os.path.join(r, "annot", "gt_valid.mat")) for r in (a, b))
+    for key in ("jnt_missing", "pos_gt_src", "headboxes_src"):
+        np.testing.assert_array_equal(gt_a[key], gt_b[key])
+
+
 def test_ensure_generates_once_then_reuses_and_redoes_a_killed_generation(tmp_path):
     root = str(tmp_path / "cache")
     ensure_synthetic_mpii(root, num_train=2, num_valid=1, seed=0, image_size=48)

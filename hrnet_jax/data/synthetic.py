@@ -281,8 +281,42 @@ def _record(name: str, ann: dict) -> dict:
     }
 
 
+def _render_and_write(job: tuple[int, str, int, int, int, str, int]) -> tuple[dict, dict]:
+    """Renders sample ``i`` of ``split``, writes its JPEG and returns ``(record, ann)``."""
+    seed, split, i, width, height, images_dir, jpeg_quality = job
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
+    image, ann = render_sample(rng, width, height)
+    name = f"{split}_{i:06d}.jpg"
+    path = os.path.join(images_dir, name)
+    if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+        raise OSError(f"could not write {path!r}")
+    return _record(name, ann), ann
+
+
+def _default_processes(count: int) -> int:
+    """Rendering processes for ``count`` images: every usable core, none below 64 images."""
+    if count < 64:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, count // 32))
+
+
+def _render_split(jobs: list, processes: int) -> list[tuple[dict, dict]]:
+    """``_render_and_write`` over ``jobs`` in order, in ``processes`` spawned processes
+    (spawned, not forked: the caller may hold JAX's threads)."""
+    if processes <= 1:
+        return [_render_and_write(job) for job in jobs]
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        return list(pool.map(_render_and_write, jobs, chunksize=8))
+
+
 def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int = 0,
-                         image_size: int | Sequence[int] = 256, jpeg_quality: int = 92) -> str:
+                         image_size: int | Sequence[int] = 256, jpeg_quality: int = 92,
+                         processes: int | None = None) -> str:
     """Renders a synthetic set into ``root`` in the MPII layout; returns ``root``.
 
     Writes ``images/{train,valid}_NNNNNN.jpg``, ``annot/train.json``,
@@ -297,6 +331,8 @@ def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int
       seed: generator seed.
       image_size: ``(width, height)`` or one side of a square, in pixels.
       jpeg_quality: JPEG quality 0-100.
+      processes: rendering processes (None: one per core, for 64 images or
+        more); the files do not depend on it.
     """
     import scipy.io
 
@@ -309,16 +345,12 @@ def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int
     os.makedirs(images_dir, exist_ok=True)
     os.makedirs(annot_dir, exist_ok=True)
     splits = {}
+    total = int(num_train) + int(num_valid)
+    workers = _default_processes(total) if processes is None else int(processes)
     for split, count in (("train", num_train), ("valid", num_valid)):
-        records = []
-        for i in range(int(count)):
-            rng = np.random.default_rng([int(seed), _SPLIT_IDS[split], i])
-            image, ann = render_sample(rng, width, height)
-            name = f"{split}_{i:06d}.jpg"
-            if not cv2.imwrite(os.path.join(images_dir, name), image,
-                               [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]):
-                raise OSError(f"could not write {os.path.join(images_dir, name)!r}")
-            records.append((_record(name, ann), ann))
+        jobs = [(int(seed), split, i, width, height, images_dir, int(jpeg_quality))
+                for i in range(int(count))]
+        records = _render_split(jobs, workers)
         splits[split] = records
         with open(os.path.join(annot_dir, f"{split}.json"), "w") as f:
             json.dump([r for r, _ in records], f)
@@ -343,8 +375,10 @@ def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int
 
 
 def ensure_synthetic_mpii(root: str, *, num_train: int = 2000, num_valid: int = 500, seed: int = 0,
-                          image_size: int | Sequence[int] = 256) -> str:
-    """Generates the synthetic set into ``root`` once and reuses it afterwards.
+                          image_size: int | Sequence[int] = 256, processes: int | None = None
+                          ) -> str:
+    """Generates the synthetic set into ``root`` once and reuses it afterwards
+    (``processes``: as :func:`write_synthetic_mpii`'s, not part of the parameters).
 
     A completion marker holding the parameters is written last: a generation
     that was killed half-way, or one made with other parameters, is redone
@@ -353,7 +387,8 @@ def ensure_synthetic_mpii(root: str, *, num_train: int = 2000, num_valid: int = 
     params = {"num_train": int(num_train), "num_valid": int(num_valid), "seed": int(seed),
               "image_size": list(parse_image_size(image_size)), "version": 4}
     return ensure_generated(root, params, ("images", "annot"), lambda: write_synthetic_mpii(
-        root, num_train=num_train, num_valid=num_valid, seed=seed, image_size=image_size))
+        root, num_train=num_train, num_valid=num_valid, seed=seed, image_size=image_size,
+        processes=processes))
 
 
 def generation_settings(cfg: Any) -> dict[str, Any]:

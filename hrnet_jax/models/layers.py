@@ -13,8 +13,11 @@ import jax.numpy as jnp
 
 from hrnet_jax.models import cpu_convolution
 
-# The reference initialises every convolution with N(0, 0.001^2) (init_weights).
-_CONV_INIT = nn.initializers.normal(stddev=0.001)
+# The reference's init_weights: every convolution kernel from N(0, KERNEL_STDDEV^2), every
+# other variable a constant by its name. The layers below use these, and so does
+# hrnet_jax.train.state.init_variables, which draws a whole network's kernels at once.
+KERNEL_STDDEV = 0.001
+INITIAL_CONSTANTS = {"bias": 0.0, "scale": 1.0, "mean": 0.0, "var": 1.0}
 _BN_EPSILON = 1e-5
 # PyTorch momentum 0.1 is a running average that keeps 0.9 of the old value.
 _BN_MOMENTUM = 0.9
@@ -41,8 +44,8 @@ def conv2d(features: int, kernel: int, stride: int, name: str, dtype: Any = jnp.
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         use_bias=use_bias,
-        kernel_init=_CONV_INIT,
-        bias_init=nn.initializers.zeros,
+        kernel_init=nn.initializers.normal(stddev=KERNEL_STDDEV),
+        bias_init=nn.initializers.constant(INITIAL_CONSTANTS["bias"]),
         dtype=dtype,
         param_dtype=jnp.float32,
         conv_general_dilated=(cpu_convolution.conv_general_dilated
@@ -76,10 +79,14 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.constant(INITIAL_CONSTANTS["scale"]),
+                           (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.constant(INITIAL_CONSTANTS["bias"]),
+                          (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.full, (features,),
+                                INITIAL_CONSTANTS["mean"], jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.full, (features,),
+                               INITIAL_CONSTANTS["var"], jnp.float32)
         x32 = x.astype(jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
