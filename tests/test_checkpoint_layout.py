@@ -44,6 +44,10 @@ def test_a_tree_packs_into_one_array_per_dtype_and_unpacks_exactly():
                       {"path": ["b", "c"], "dtype": "int32", "shape": []},
                       {"path": ["b", "d"], "dtype": "float32", "shape": [2]}]
     assert_same_tree(unpack_into(tree, arrays, layout), tree)
+    # Restored into a template, each leaf takes the template's dtype (a Python int's int64).
+    like = {"a": np.zeros((2, 3), np.float32), "b": {"c": 0, "d": np.zeros(2, np.float32)},
+            "e": {}}
+    assert np.asarray(unpack_into(like, arrays, layout)["b"]["c"]).dtype == np.int64
     # Without a template the empty container is not known.
     assert_same_tree(unpack_nested(arrays, layout), {"a": tree["a"], "b": tree["b"]})
 
@@ -51,7 +55,7 @@ def test_a_tree_packs_into_one_array_per_dtype_and_unpacks_exactly():
 def test_unpacking_into_another_tree_names_the_differences():
     arrays, layout = pack_tree({"a": np.zeros(3, np.float32), "b": np.zeros(2, np.float32)})
     with pytest.raises(ValueError, match=r"3 differences: missing c; unexpected b; a: holds "
-                                         r"\('float32', \[3\]\), expected \('float32', \[4\]\)"):
+                                         r"shape \[3\], expected \[4\]"):
         unpack_into({"a": np.zeros(4, np.float32), "c": np.zeros(2, np.float32)}, arrays, layout)
     with pytest.raises(ValueError, match="layout accounts for"):
         unpack_nested({"float32": np.zeros(6, np.float32)}, layout)
@@ -96,7 +100,6 @@ def test_a_checkpoint_of_another_network_is_refused_naming_the_variable(tmp_path
         other = small_state()
         other = other.replace(params={**other.params, "conv": {"kernel": np.zeros((1, 1, 2, 4),
                                                                                   np.float32)}})
-        with pytest.raises(RuntimeError, match=r"params/conv/kernel: holds \('float32', "
-                                               r"\[3, 3, 2, 4\]\), expected \('float32', "
-                                               r"\[1, 1, 2, 4\]\)"):
+        with pytest.raises(RuntimeError, match=r"params/conv/kernel: holds shape \[3, 3, 2, 4\], "
+                                               r"expected \[1, 1, 2, 4\]"):
             checkpoints.restore(other)

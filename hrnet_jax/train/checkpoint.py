@@ -194,26 +194,28 @@ def _unpacked_leaves(arrays: dict[str, Any], layout: list[dict[str, Any]]) -> li
 
 
 def unpack_into(target: Any, arrays: dict[str, Any], layout: list[dict[str, Any]]) -> Any:
-    """``target``'s tree with the leaves of a :func:`pack_tree` result.
+    """``target``'s tree with the leaves of a :func:`pack_tree` result, each cast to the
+    dtype of ``target``'s leaf (as orbax restores into a target: a step saved as an
+    int32 array comes back as the template's Python int's int64).
 
     Raises:
-      ValueError: the layout's paths, dtypes or shapes differ from ``target``'s
-        (naming the first differences), or the arrays do not match the layout.
+      ValueError: the layout's paths or shapes differ from ``target``'s (naming
+        the first differences), or the arrays do not match the layout.
     """
-    expected = [{"path": _path_keys(path), "dtype": np.asarray(leaf).dtype.name,
-                 "shape": list(np.shape(leaf))}
-                for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]]
-    if [dict(e) for e in layout] != expected:
-        held = {"/".join(e["path"]): (e["dtype"], list(e["shape"])) for e in layout}
-        wanted = {"/".join(e["path"]): (e["dtype"], e["shape"]) for e in expected}
+    targets = jax.tree_util.tree_flatten_with_path(target)[0]
+    held = {"/".join(e["path"]): list(e["shape"]) for e in layout}
+    wanted = {"/".join(_path_keys(path)): list(np.shape(leaf)) for path, leaf in targets}
+    if list(held.items()) != list(wanted.items()):
         problems = ([f"missing {k}" for k in wanted if k not in held]
                     + [f"unexpected {k}" for k in held if k not in wanted]
-                    + [f"{k}: holds {held[k]}, expected {wanted[k]}"
+                    + [f"{k}: holds shape {held[k]}, expected {wanted[k]}"
                        for k in wanted if k in held and held[k] != wanted[k]])
+        problems = problems or ["the variables come in another order"]
         raise ValueError(f"the checkpoint's state does not match this train state "
                          f"({len(problems)} differences: {'; '.join(problems[:5])})")
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target),
-                                        _unpacked_leaves(arrays, layout))
+    leaves = [leaf.astype(np.asarray(like).dtype, copy=False)
+              for leaf, (_, like) in zip(_unpacked_leaves(arrays, layout), targets, strict=True)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
 
 
 def unpack_nested(arrays: dict[str, Any], layout: list[dict[str, Any]]) -> dict[str, Any]:
