@@ -178,16 +178,16 @@ def pack_tree(tree: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
 
 
 def _unpacked_leaves(arrays: dict[str, Any], layout: list[dict[str, Any]]) -> list[np.ndarray]:
+    arrays = {dtype: np.asarray(flat) for dtype, flat in arrays.items()}
     offsets = dict.fromkeys(arrays, 0)
     leaves = []
     for entry in layout:
         dtype, shape = entry["dtype"], tuple(entry["shape"])
         size = int(np.prod(shape, dtype=np.int64))
-        flat = np.asarray(arrays[dtype])
         start = offsets[dtype]
-        leaves.append(flat[start:start + size].reshape(shape))
+        leaves.append(arrays[dtype][start:start + size].reshape(shape))
         offsets[dtype] = start + size
-    short = {d: (o, np.size(arrays[d])) for d, o in offsets.items() if o != np.size(arrays[d])}
+    short = {d: (o, arrays[d].size) for d, o in offsets.items() if o != arrays[d].size}
     if short:
         raise ValueError(f"packed state: the layout accounts for {short} (used, held) values")
     return leaves
