@@ -10,12 +10,12 @@ tracing and XLA compilation are timed apart from the steps; the timed loop
 then calls that same compiled executable on synthetic inputs generated on the
 devices, after ``warmup`` untimed calls, and blocks only once, at its end.
 
-FLOPs come from XLA's cost analysis of the same step lowered with the
-network unrolled (``model.scan="none"``), before optimisation, so every
-configuration counts the same model FLOPs (the analysis of a scanned program
-counts each loop body once). Under ``pmap`` that is the program of one
-device, so a step's FLOPs are that times the device count; MFU is the
-achieved rate over the devices' summed peak. Memory is XLA's buffer
+FLOPs are model FLOPs, the convolutions and matrix products of the step's
+jaxpr counted by :mod:`hrnet_jax.flop_count` (each as XLA's cost analysis
+counts it, a scanned loop's body once per iteration), so every ``model.scan``
+counts the same, and nothing extra is lowered. Under ``pmap`` that is the
+program of one device, so a step's FLOPs are that times the device count;
+MFU is the achieved rate over the devices' summed peak. Memory is XLA's buffer
 assignment for one device and, on accelerators, the allocator's peak.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from hrnet_jax import config as config_lib
 from hrnet_jax.compilation import cache_counts
 from hrnet_jax.config import Config, get_config, override
 from hrnet_jax.evaluation import make_eval_step
+from hrnet_jax.flop_count import function_flops
 from hrnet_jax.models.scan import SCAN_MODES, scan_mode
 from hrnet_jax.parallel import replicate
 from hrnet_jax.train.state import create_train_state, init_variables
@@ -58,6 +58,7 @@ KNOWN_PEAKS: tuple[tuple[str, str, dict[str, float]], ...] = (
     ("h200", "NVIDIA H200 (as H100 SXM)", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
     ("a100", "NVIDIA A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
 )
+FLOPS_SOURCE = "convolutions and matrix products of the step's jaxpr"
 _FULL_FP32_PRECISIONS = ("highest", "float32", "f32_f32_f32")
 
 
@@ -171,21 +172,6 @@ def _analysis(stage: Any, method: str) -> Any:
     return analysis
 
 
-def cost_analysis_flops(stage: Any) -> float | None:
-    """``flops`` from a Lowered or Compiled stage's cost analysis; None when absent.
-
-    Older jax returns a list with one dict per program, newer a dict; either
-    may lack ``flops`` or report a non-positive count when it cannot tell.
-    """
-    analysis = _analysis(stage, "cost_analysis")
-    if not isinstance(analysis, dict):
-        return None
-    flops = analysis.get("flops")
-    if flops is None or not math.isfinite(float(flops)) or float(flops) <= 0:
-        return None
-    return float(flops)
-
-
 # --------------------------------------------------------------------------- timing
 
 
@@ -212,7 +198,7 @@ def _on_devices(make: Callable[[jax.Array], Any], seed: int) -> Any:
     return jax.pmap(make)(keys)
 
 
-def _synthetic_batch(cfg: Config, batch: int, seed: int) -> dict[str, Any]:
+def synthetic_batch(cfg: Config, batch: int, seed: int) -> dict[str, Any]:
     """Random images, heatmap targets and eval metadata, each (D, b, ...) on the devices."""
     width, height = cfg.model.image_size
     hm_width, hm_height = cfg.model.heatmap_size
@@ -263,50 +249,68 @@ def device_peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def model_flops(make_step: Callable[[Config], Callable], cfg: Config, args: tuple
-                ) -> float | None:
-    """FLOPs of one device's step, from XLA's cost analysis of the unrolled program.
+@dataclasses.dataclass
+class StepCase:
+    """A pmap'd step and its arguments on the devices, ready to lower, time or profile.
 
-    Counted before optimisation on the unscanned network whatever ``model.scan``
-    says: a scanned program's analysis counts a loop's body once, not once per
-    iteration. Lowering only; nothing is compiled.
+    ``name`` is ``train``, ``eval`` or ``eval+flip``. With ``carry_first`` the
+    step's first output is its next first argument (the donated train state):
+    :meth:`run` puts it in place of ``args[0]`` after each call.
     """
-    unrolled = override(cfg, {"model.scan": "none"})
-    return cost_analysis_flops(make_step(unrolled).lower(*args))
+    name: str
+    step: Callable
+    args: tuple
+    carry_first: bool
+
+    def run(self, fn: Callable, calls: int) -> Any:
+        """Calls ``fn`` (the step or its compiled executable) ``calls`` times; the last output."""
+        out = None
+        for _ in range(calls):
+            out = fn(*self.args)
+            if self.carry_first:
+                self.args = (out[0], *self.args[1:])
+        return out
+
+    def flops(self) -> int:
+        """Model FLOPs of one call on one device (:mod:`hrnet_jax.flop_count`), by tracing."""
+        return function_flops(self.step, *self.args)
 
 
-def _time_compiled(step: Callable, args: tuple, *, warmup: int, steps: int,
-                   carry_first: bool, flops: float | None) -> _Timings:
-    """Lowers and compiles ``step`` on ``args``, then times ``steps`` calls after ``warmup``.
+def train_case(cfg: Config, variables: Any, data: Mapping[str, Any]) -> StepCase:
+    """The train step (forward, backward, Adam, PCK) on ``data`` from :func:`synthetic_batch`."""
+    state, schedule = create_train_state(cfg, variables, steps_per_epoch=1)
+    args = (replicate(state), data["images"], data["target"], data["target_weight"])
+    return StepCase("train", make_train_step(cfg, schedule), args, carry_first=True)
 
-    With ``carry_first`` the first output replaces the first argument between
-    calls (the donated train state). ``flops``: one device's FLOPs per call.
+
+def eval_case(cfg: Config, variables: Any, data: Mapping[str, Any], *,
+              flip_test: bool = True) -> StepCase:
+    """The evaluation step as validation runs it, with the flip test unless ``flip_test=False``."""
+    args = (replicate(variables), data["images"], data["target"], data["target_weight"],
+            data["center"], data["scale"], data["valid"])
+    return StepCase("eval+flip" if flip_test else "eval",
+                    make_eval_step(cfg, flip_test=flip_test), args, carry_first=False)
+
+
+def _time_case(case: StepCase, warmup: int, steps: int) -> _Timings:
+    """Lowers and compiles ``case.step``, times ``steps`` calls after ``warmup``, counts FLOPs.
+
+    The FLOPs are counted last, so the trace they need does not shorten the
+    timed tracing.
     """
     hits = cache_counts()["cache_hits"]
     t0 = time.perf_counter()
-    lowered = step.lower(*args)
+    lowered = case.step.lower(*case.args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
     cache_hit = cache_counts()["cache_hits"] > hits
-    source = "unrolled program before optimisation" if flops is not None else "unavailable"
-
-    def run(n: int, args: tuple) -> tuple[tuple, Any]:
-        out = None
-        for _ in range(n):
-            out = compiled(*args)
-            if carry_first:
-                args = (out[0], *args[1:])
-        return args, out
-
-    args, out = run(warmup, args)
-    jax.block_until_ready((args, out))
+    jax.block_until_ready((case.run(compiled, warmup), case.args))
     t3 = time.perf_counter()
-    args, out = run(steps, args)
-    jax.block_until_ready((args, out))
+    jax.block_until_ready((case.run(compiled, steps), case.args))
     t4 = time.perf_counter()
     return _Timings(trace_lower_s=t1 - t0, xla_compile_s=t2 - t1, cache_hit=cache_hit,
-                    loop_s=t4 - t3, flops_per_device=flops, flops_source=source,
+                    loop_s=t4 - t3, flops_per_device=case.flops(), flops_source=FLOPS_SOURCE,
                     program_bytes=program_bytes(compiled), device_peak_bytes=device_peak_bytes())
 
 
@@ -406,31 +410,20 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
         peak = lookup_peak(device_kind, dtype, peak_tflops)
         common = dict(name=name, cfg=cfg, batch=batch_size, warmup=warmup, steps=steps, peak=peak)
         variables = init_variables(cfg, jax.random.key(seed))
-        data = _synthetic_batch(cfg, batch_size, seed + 1)
+        data = synthetic_batch(cfg, batch_size, seed + 1)
         if train:
             log(f"{name} {dtype} train step: compiling and timing")
-            state, schedule = create_train_state(cfg, variables, steps_per_epoch=1)
-            state_r = replicate(state)
-            del state
-            args = (state_r, data["images"], data["target"], data["target_weight"])
-            flops = model_flops(lambda c, schedule=schedule: make_train_step(c, schedule), cfg,
-                                args)
-            timings = _time_compiled(make_train_step(cfg, schedule), args, warmup=warmup,
-                                     steps=steps, carry_first=True, flops=flops)
-            del state_r  # donated; the loop's last state is dropped with it
-            records.append(_record(step="train", timings=timings, **common))
+            case = train_case(cfg, variables, data)
+            records.append(_record(step=case.name, timings=_time_case(case, warmup, steps),
+                                   **common))
+            del case  # its state was donated; the loop's last state is dropped with it
             on_record(records[-1])
         if evaluate:
-            step_name = "eval+flip" if eval_flip else "eval"
-            log(f"{name} {dtype} {step_name} step: compiling and timing")
-            variables_r = replicate(variables)
-            args = (variables_r, data["images"], data["target"], data["target_weight"],
-                    data["center"], data["scale"], data["valid"])
-            flops = model_flops(lambda c: make_eval_step(c, flip_test=eval_flip), cfg, args)
-            timings = _time_compiled(make_eval_step(cfg, flip_test=eval_flip), args,
-                                     warmup=warmup, steps=steps, carry_first=False, flops=flops)
-            del variables_r
-            records.append(_record(step=step_name, timings=timings, **common))
+            case = eval_case(cfg, variables, data, flip_test=eval_flip)
+            log(f"{name} {dtype} {case.name} step: compiling and timing")
+            records.append(_record(step=case.name, timings=_time_case(case, warmup, steps),
+                                   **common))
+            del case
             on_record(records[-1])
     return records
 
@@ -461,9 +454,8 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
                     for r in records})
     lines.append("peak TFLOP/s per device (MFU = TFLOP/s / (peak x devices)): " + "; ".join(peaks))
     lines.append("compile s = trace and lower + XLA compile (* from the persistent cache); "
-                 "batch = per device x devices; FLOPs from XLA's cost analysis of the unrolled "
-                 "program; GiB = XLA's "
-                 "buffers for one device (arguments, outputs, temporaries); peak GiB = the "
+                 "batch = per device x devices; FLOPs = model FLOPs, the step's "
+                 "convolutions and matrix products; GiB = XLA's buffers for one device (arguments, outputs, temporaries); peak GiB = the "
                  "device allocator's peak so far in the process")
     return "\n".join(lines)
 

@@ -6,9 +6,10 @@
 Times the real pmap'd train step (forward, backward, Adam) and the evaluation
 step (flip test and post-processing unless --no-eval-flip) on every local
 device, with synthetic inputs already on the devices. Compilation is timed
-apart; warm-up calls are not timed. FLOPs come from XLA's cost analysis and
-MFU from a table of known peaks by device kind (n/a elsewhere, e.g. on CPU,
-unless --peak-tflops is given). Prints each record as it is measured, then a
+apart; warm-up calls are not timed. FLOPs are model FLOPs (the step's
+convolutions and matrix products, counted from its jaxpr) and MFU comes from
+a table of known peaks by device kind (n/a elsewhere, e.g. on CPU, unless
+--peak-tflops is given). Prints each record as it is measured, then a
 table; --json writes the records (after each one, so a cut-short run keeps
 what it measured). ``--set model.scan=none|blocks|modules|all`` chooses how
 the repeated parts of the network are compiled; ``--compilation-cache DIR``

@@ -83,21 +83,6 @@ def test_mfu_uses_a_given_peak_over_all_devices():
     assert benchmark.lookup_peak("cpu", "bfloat16").tflops_per_device is None
 
 
-@pytest.mark.parametrize("analysis, flops", [
-    ({"flops": 12.0}, 12.0),
-    ([{"flops": 12.0}], 12.0),
-    ({"bytes accessed": 3.0}, None),
-    ([], None),
-    ({"flops": -1.0}, None),
-])
-def test_cost_analysis_flops_reads_dicts_and_lists(analysis, flops):
-    class Stage:
-        def cost_analysis(self):
-            return analysis
-
-    assert benchmark.cost_analysis_flops(Stage()) == flops
-
-
 def test_unknown_dtype_is_refused_naming_it_and_the_choices():
     with pytest.raises(ValueError, match=r"unknown dtype 'float16'.*float32.*bfloat16"):
         benchmark.parse_dtypes("float32,float16")
