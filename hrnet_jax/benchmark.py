@@ -455,7 +455,8 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
     lines.append("peak TFLOP/s per device (MFU = TFLOP/s / (peak x devices)): " + "; ".join(peaks))
     lines.append("compile s = trace and lower + XLA compile (* from the persistent cache); "
                  "batch = per device x devices; FLOPs = model FLOPs, the step's "
-                 "convolutions and matrix products; GiB = XLA's buffers for one device (arguments, outputs, temporaries); peak GiB = the "
+                 "convolutions and matrix products; GiB = XLA's buffers for one device "
+                 "(arguments, outputs, temporaries); peak GiB = the "
                  "device allocator's peak so far in the process")
     return "\n".join(lines)
 

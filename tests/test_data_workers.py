@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -338,3 +340,51 @@ def test_testing_stops_with_a_clear_message_when_a_data_worker_is_killed(script_
                "--workers", "2", "--prefetch", "1"))
     assert code == 4, out[-2000:] + err[-3000:]
     assert "data worker" in err and "killed by signal 9 (SIGKILL)" in err
+
+
+
+_KILLED_OWNER = """
+import time
+import numpy as np
+from hrnet_jax.data.workers import BatchWorkers
+pool = BatchWorkers(np.arange, workers=2, prefetch=2, start=100_000, stop=100_100)
+next(pool)
+print(pool._prefix, flush=True)
+time.sleep(120)
+"""
+
+
+def _semaphores():
+    return {n for n in os.listdir("/dev/shm") if n.startswith("sem.")}
+
+
+def test_a_new_pool_removes_the_blocks_of_a_run_that_was_killed_outright(caplog):
+    # The whole process group is killed at once, its resource tracker with it, as
+    # `timeout` does after its grace period: nothing of that run can unlink anything.
+    semaphores = _semaphores()
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_OWNER], stdout=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        prefix = child.stdout.readline().strip()
+        assert prefix.startswith(f"hrnet_jax_{child.pid}_"), prefix
+
+        def left():
+            return [n for n in os.listdir("/dev/shm") if n.startswith(prefix + "_")]
+
+        assert wait_until(lambda: len(left()) == 4)  # 2 workers x prefetch 2, one batch read
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert len(left()) == 4
+    assert _semaphores() <= semaphores  # the pool made no named semaphores to leave behind
+    with BatchWorkers(MakeArrays(), workers=1, prefetch=1, start=0, stop=2) as running:
+        assert wait_until(lambda: len(shm_blocks(running)) == 1)
+        with caplog.at_level("WARNING", logger="hrnet_jax.data.workers"):
+            with BatchWorkers(MakeArrays(), workers=1, prefetch=1, start=0, stop=1) as pool:
+                assert next(pool)["step"] == 0
+        # the blocks of a live process stay, those of the killed one are gone
+        assert len(shm_blocks(running)) == 1
+        assert [int(b["step"]) for b in running] == [0, 1]
+    assert left() == []
+    assert "removed 4 shared-memory blocks (3.1 MB)" in caplog.text, caplog.text

@@ -21,7 +21,10 @@ Shared memory. A finished batch is pickled with its arrays out of band into a
 block named after the pool and the batch number; the consumer copies it out
 and unlinks the block at once. Blocks of batches still in flight when the
 pool closes (or a worker dies) are unlinked by name, so nothing is left behind
-in ``/dev/shm``.
+in ``/dev/shm``. A process killed outright (SIGKILL, the out-of-memory killer)
+cannot do that; its blocks carry its process id in their names, and the next
+pool to start removes those whose process is gone
+(:func:`remove_orphaned_blocks`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import re
 import secrets
 import signal
 import time
@@ -83,8 +87,53 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+SHM_DIR = "/dev/shm"
+# hrnet_jax_<pid of the pool's owner>_<8 hex digits>_<batch number>
+_BLOCK_NAME = re.compile(r"hrnet_jax_(\d+)_[0-9a-f]{8}_\d+")
+
+
+def _block_prefix() -> str:
+    return f"hrnet_jax_{os.getpid()}_{secrets.token_hex(4)}"
+
+
 def _shm_name(prefix: str, step: int) -> str:
     return f"{prefix}_{step}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphaned_blocks(directory: str = SHM_DIR) -> list[tuple[str, int]]:
+    """Unlinks batch blocks in ``directory`` whose owning process no longer exists.
+
+    Only names this module writes are touched, and only when the process id
+    in the name is gone, so pools of other live runs are left alone. Returns
+    ``(name, bytes)`` of each block removed; nothing where the directory does
+    not exist (shared memory lives elsewhere on macOS and Windows).
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = _BLOCK_NAME.fullmatch(name)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        try:
+            size = os.stat(os.path.join(directory, name)).st_size
+        except OSError:
+            continue
+        if _unlink(name):
+            removed.append((name, size))
+    return removed
 
 
 def _unlink(name: str) -> bool:
@@ -138,8 +187,12 @@ def _unpack(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
 
 
 def _worker_main(make_pickled: bytes, tasks: connection.Connection,
-                 results: connection.Connection, stop: Any) -> None:
-    """Builds the batches asked for on ``tasks`` until told to stop or the pool is gone."""
+                 results: connection.Connection, stop: connection.Connection) -> None:
+    """Builds the batches asked for on ``tasks`` until told to stop or the pool is gone.
+
+    ``stop`` becomes readable (end of file) when the pool closes its other end:
+    queued requests are then dropped.
+    """
     # Ctrl-C, and a preemption's SIGTERM, may reach the whole process group: the
     # consumer decides what to do (it stops the workers when it is done).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -150,7 +203,7 @@ def _worker_main(make_pickled: bytes, tasks: connection.Connection,
             request = tasks.recv()
         except (EOFError, OSError):
             return  # the consumer has gone
-        if request is None or stop.is_set():
+        if request is None or stop.poll():
             return
         step, name = request
         try:
@@ -208,11 +261,19 @@ class BatchWorkers:
         self._next_submit = int(start)
         self._next_out = int(start)
         self._stop = int(stop)
-        self._prefix = f"hrnet_jax_{os.getpid()}_{secrets.token_hex(4)}"
+        orphans = remove_orphaned_blocks()
+        if orphans:
+            logger.warning(
+                "removed %d shared-memory blocks (%.1f MB) that data workers of processes "
+                "which ended without closing them (killed?) had left in %s", len(orphans),
+                sum(size for _, size in orphans) / 2**20, SHM_DIR)
+        self._prefix = _block_prefix()
         self._closed = False
         self._workers: list[_Worker] = []
         context = mp.get_context("spawn")
-        self._stop_event = context.Event()
+        # A pipe, not an Event: an Event is five named semaphores, which a run
+        # killed outright would leave behind with no name to find them by.
+        stop_recv, self._stop_send = context.Pipe(duplex=False)
         make_pickled = pickle.dumps(make)
         try:
             for index in range(self.num_workers):
@@ -220,7 +281,7 @@ class BatchWorkers:
                 result_recv, result_send = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_worker_main,
-                    args=(make_pickled, task_recv, result_send, self._stop_event),
+                    args=(make_pickled, task_recv, result_send, stop_recv),
                     name=f"hrnet_jax data worker {index}", daemon=True)
                 process.start()
                 # The child has its own copies; ours would keep a dead child's pipe open.
@@ -231,6 +292,8 @@ class BatchWorkers:
         except BaseException:
             self.close()
             raise
+        finally:
+            stop_recv.close()  # the workers hold their copies
 
     @property
     def pids(self) -> list[int]:
@@ -329,8 +392,8 @@ class BatchWorkers:
         if self._closed:
             return
         self._closed = True
-        if hasattr(self, "_stop_event"):
-            self._stop_event.set()
+        if hasattr(self, "_stop_send"):
+            self._stop_send.close()
         for worker in self._workers:
             try:
                 worker.tasks.send(None)
