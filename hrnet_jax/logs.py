@@ -100,6 +100,27 @@ def train_line(epoch: int, index: int, steps_per_epoch: int, *, step_time: Avera
     )
 
 
+def epoch_line(epoch: int, *, steps: int, train_s: float, data_s: float,
+               validation_s: float | None, checkpoint_s: float | None,
+               compiled: bool = False) -> str:
+    """Where an epoch's time went: training (per step, and the wait for data), validation
+    and the checkpoint's synchronous part (the rest is written in the background).
+
+    ``validation_s`` / ``checkpoint_s`` are None when the epoch had none;
+    ``compiled``: the train step compiled during this epoch, and its time is in ``train_s``.
+    """
+    per_step = train_s / steps if steps else float("nan")
+    waiting = data_s / steps if steps else float("nan")
+    parts = [f"=> epoch {epoch}: {steps} steps in {train_s:.1f} s ({per_step:.3f} s a step, "
+             f"{waiting:.3f} s of it waiting for data"
+             + ("; compiling the step included" if compiled else "") + ")"]
+    if validation_s is not None:
+        parts.append(f"validation {validation_s:.1f} s")
+    if checkpoint_s is not None:
+        parts.append(f"checkpoint {checkpoint_s:.1f} s")
+    return ", ".join(parts)
+
+
 class Scalars:
     """Writes named scalars to ``metrics.jsonl`` and, if available, TensorBoard."""
 

@@ -74,6 +74,11 @@ def test_a_run_trains_every_step_validates_each_epoch_and_writes_its_models(stra
     log = open(os.path.join(workdir, "train.log")).read()
     assert "Epoch: [1][6/6]" in log and "Speed" in log and "Accuracy" in log
     assert "| Head | Shoulder | Elbow | Wrist | Hip | Knee | Ankle | Mean | Mean@0.1 |" in log
+    epochs = [x[x.index("=> epoch "):] for x in log.splitlines() if "=> epoch " in x]
+    assert len(epochs) == 2
+    assert epochs[0].startswith("=> epoch 0: 6 steps in ") and "compiling the step included" in epochs[0]
+    assert epochs[1].startswith("=> epoch 1: 6 steps in ") and "compiling" not in epochs[1]
+    assert all(", validation " in x and ", checkpoint " in x for x in epochs)
     for name in ("model_best", "final_model"):
         variables, cfg = load_model(os.path.join(workdir, name))
         assert cfg.model.image_size == (64, 64)
@@ -345,3 +350,16 @@ def test_a_training_set_smaller_than_one_batch_is_refused_before_anything_is_wri
               show_progress=False)
     assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
     assert_logging_handed_back()
+
+
+def test_the_epoch_line_says_where_the_time_went():
+    from hrnet_jax.logs import epoch_line
+
+    assert epoch_line(3, steps=100, train_s=12.5, data_s=1.0, validation_s=4.26,
+                      checkpoint_s=0.31) == (
+        "=> epoch 3: 100 steps in 12.5 s (0.125 s a step, 0.010 s of it waiting for data), "
+        "validation 4.3 s, checkpoint 0.3 s")
+    assert epoch_line(0, steps=4, train_s=20.0, data_s=0.0, validation_s=None, checkpoint_s=None,
+                      compiled=True) == (
+        "=> epoch 0: 4 steps in 20.0 s (5.000 s a step, 0.000 s of it waiting for data; "
+        "compiling the step included)")

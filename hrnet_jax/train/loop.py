@@ -245,10 +245,12 @@ class _Run:
         vis.save_debug_images(os.path.join(directory, name), images, meta, target,
                               np.asarray(preds) * stride, output)
 
-    def save(self, state_r: Any, step: int) -> None:
-        """Checkpoints ``step`` once (statistics synchronised by the caller)."""
-        if self.checkpoints.latest_step() != step:
-            self.checkpoints.save(step, unreplicate(state_r), self.record(step))
+    def save(self, state_r: Any, step: int) -> bool:
+        """Checkpoints ``step`` once (statistics synchronised by the caller); True if it did."""
+        if self.checkpoints.latest_step() == step:
+            return False
+        self.checkpoints.save(step, unreplicate(state_r), self.record(step))
+        return True
 
     def result(self, step: int, evaluation: Evaluation | None,
                stopped_by: str | None = None) -> TrainResult:
@@ -294,9 +296,10 @@ def _initial_state(run: _Run) -> TrainState:
     return state
 
 
-def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest) -> tuple[Any, int]:
+def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest
+                 ) -> tuple[Any, int, _EpochMeter]:
     """Trains from ``step`` to the end of its epoch, ``run.total_steps`` or a stop
-    request, whichever comes first; returns the state and the step reached."""
+    request, whichever comes first; returns the state, the step reached and the meter."""
     cfg, per_epoch = run.cfg, run.steps_per_epoch
     epoch = step // per_epoch
     run.train_loader.set_state({"epoch": epoch, "batch": step % per_epoch})
@@ -332,7 +335,7 @@ def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest) -> tuple
         if bar is not None:
             bar.close()
     run.flush(meter, step, step - epoch * per_epoch)
-    return state_r, step
+    return state_r, step, meter
 
 
 def _validate(run: _Run, state_r: Any, step: int) -> Evaluation:
@@ -369,8 +372,11 @@ def _run_epochs(run: _Run, state_r: Any, stop: StopRequest) -> TrainResult:
     step = int(unreplicate(state_r.step))
     evaluation, evaluated_at = None, -1
     while step < run.total_steps:
-        state_r, step = _train_epoch(run, state_r, step, stop)
+        started, compiled = time.perf_counter(), run.compiled
+        state_r, reached, meter = _train_epoch(run, state_r, step, stop)
         state_r = run.sync(state_r)
+        trained = time.perf_counter()
+        epoch, steps, step = step // run.steps_per_epoch, reached - step, reached
         if stop.requested:
             run.save(state_r, step)
             run.checkpoints.wait()
@@ -380,9 +386,16 @@ def _run_epochs(run: _Run, state_r: Any, stop: StopRequest) -> TrainResult:
                 f"{run.steps_per_epoch}); checkpoint written to {run.checkpoints.directory}. "
                 "Run the same command to resume from it.")
             return run.result(step, evaluation, stopped_by=stop.requested)
+        validation_s = None
         if _validation_due(run, step):
             evaluation, evaluated_at = _validate(run, state_r, step), step
-        run.save(state_r, step)
+            validation_s = time.perf_counter() - trained
+        saving = time.perf_counter()
+        saved = run.save(state_r, step)
+        run.logger.info(logs.epoch_line(
+            epoch, steps=steps, train_s=trained - started, data_s=meter.data_time.total,
+            validation_s=validation_s, checkpoint_s=time.perf_counter() - saving if saved else None,
+            compiled=not compiled))
     if evaluated_at != step and step > 0:
         # Resumed a finished run: report where it stands.
         evaluation = _validate(run, state_r, step)
