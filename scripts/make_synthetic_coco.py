@@ -23,11 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-valid", type=int, default=200, help="validation images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", default="320x256", help="WIDTHxHEIGHT of each image")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="rendering processes (default: one per core for 64 images or more); "
+                             "the files do not depend on it")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         ensure_synthetic_coco(args.out, num_train=args.num_train, num_valid=args.num_valid,
-                              seed=args.seed, image_size=args.image_size)
+                              seed=args.seed, image_size=args.image_size,
+                              processes=args.processes)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,6 +70,19 @@ def test_the_generated_set_is_a_pure_function_of_its_seed(tmp_path):
         assert json.load(fa) == json.load(fb)
 
 
+def test_rendering_in_several_processes_writes_the_same_files_as_one(tmp_path):
+    one = write_synthetic_coco(str(tmp_path / "one"), num_train=3, num_valid=4, seed=5,
+                               image_size=(128, 96), processes=1)
+    two = write_synthetic_coco(str(tmp_path / "two"), num_train=3, num_valid=4, seed=5,
+                               image_size=(128, 96), processes=2)
+    files = sorted(os.path.relpath(os.path.join(d, f), one)
+                   for d, _, names in os.walk(one) for f in names)
+    assert len([f for f in files if f.endswith(".jpg")]) == 7
+    for name in files:
+        with open(os.path.join(one, name), "rb") as fa, open(os.path.join(two, name), "rb") as fb:
+            assert fa.read() == fb.read(), name
+
+
 def _gt_people(root):
     """image id -> list of (keypoints (17, 3), bbox) of labelled, non-crowd people."""
     people = {}

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -293,7 +293,7 @@ def _render_and_write(job: tuple[int, str, int, int, int, str, int]) -> tuple[di
     return _record(name, ann), ann
 
 
-def _default_processes(count: int) -> int:
+def default_processes(count: int) -> int:
     """Rendering processes for ``count`` images: every usable core, none below 64 images."""
     if count < 64:
         return 1
@@ -301,17 +301,18 @@ def _default_processes(count: int) -> int:
     return max(1, min(cores or 1, count // 32))
 
 
-def _render_split(jobs: list, processes: int) -> list[tuple[dict, dict]]:
-    """``_render_and_write`` over ``jobs`` in order, in ``processes`` spawned processes
-    (spawned, not forked: the caller may hold JAX's threads)."""
+def map_in_processes(fn: Callable[[Any], Any], jobs: list, processes: int) -> list:
+    """``[fn(job) for job in jobs]``, in ``processes`` spawned processes when more than one
+    (spawned, not forked: the caller may hold JAX's threads). ``fn`` must be a
+    module-level function, and each job depend on nothing but its own arguments."""
     if processes <= 1:
-        return [_render_and_write(job) for job in jobs]
+        return [fn(job) for job in jobs]
     import concurrent.futures
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        return list(pool.map(_render_and_write, jobs, chunksize=8))
+        return list(pool.map(fn, jobs, chunksize=8))
 
 
 def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int = 0,
@@ -346,11 +347,11 @@ def write_synthetic_mpii(root: str, *, num_train: int, num_valid: int, seed: int
     os.makedirs(annot_dir, exist_ok=True)
     splits = {}
     total = int(num_train) + int(num_valid)
-    workers = _default_processes(total) if processes is None else int(processes)
+    workers = default_processes(total) if processes is None else int(processes)
     for split, count in (("train", num_train), ("valid", num_valid)):
         jobs = [(int(seed), split, i, width, height, images_dir, int(jpeg_quality))
                 for i in range(int(count))]
-        records = _render_split(jobs, workers)
+        records = map_in_processes(_render_and_write, jobs, workers)
         splits[split] = records
         with open(os.path.join(annot_dir, f"{split}.json"), "w") as f:
             json.dump([r for r, _ in records], f)

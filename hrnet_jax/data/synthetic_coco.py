@@ -217,15 +217,32 @@ def _detections(rng: np.random.Generator, image_id: int, people: list[dict], wid
     return dets
 
 
+def _render_and_write(job: tuple[int, str, int, int, int, str, int]
+                      ) -> tuple[int, str, list[dict], list[dict]]:
+    """Renders image ``i`` of ``image_set`` and writes its JPEG; ``(id, path, people,
+    detections)``, the detections only for the validation set."""
+    seed, image_set, i, width, height, root, jpeg_quality = job
+    rng = np.random.default_rng([seed, _SPLIT_IDS[image_set], i])
+    image, people = render_image(rng, width, height)
+    image_id = _FIRST_ID[image_set] + i
+    path = image_path(root, image_set, image_id)
+    if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+        raise OSError(f"could not write {path!r}")
+    detections = (_detections(rng, image_id, people, width, height) if image_set == VALID_SET
+                  else [])
+    return image_id, path, people, detections
+
+
 def write_synthetic_coco(root: str, *, num_train: int, num_valid: int, seed: int = 0,
-                         image_size: int | Sequence[int] = (320, 256), jpeg_quality: int = 92
-                         ) -> str:
+                         image_size: int | Sequence[int] = (320, 256), jpeg_quality: int = 92,
+                         processes: int | None = None) -> str:
     """Renders a synthetic set into ``root`` in the COCO layout; returns ``root``.
 
     Writes ``images/{train2017,val2017}/%012d.jpg``,
     ``annotations/person_keypoints_{train2017,val2017}.json`` and the
     validation detections (module docstring). Image ``i`` of a split depends
-    only on ``(seed, split, i)``.
+    only on ``(seed, split, i)``. ``processes``: rendering processes (None: one
+    per core, for 64 images or more); the files do not depend on it.
     """
     width, height = parse_image_size(image_size)
     if min(width, height) < 64:
@@ -234,17 +251,16 @@ def write_synthetic_coco(root: str, *, num_train: int, num_valid: int, seed: int
                 "keypoints": [n.replace("l_", "left_").replace("r_", "right_")
                               for n in COCO_KEYPOINTS.joint_names],
                 "skeleton": [[a + 1, b + 1] for a, b in COCO_KEYPOINTS.skeleton]}
+    total = int(num_train) + int(num_valid)
+    workers = cartoon.default_processes(total) if processes is None else int(processes)
     detections: list[dict] = []
     for image_set, count in ((TRAIN_SET, num_train), (VALID_SET, num_valid)):
+        os.makedirs(os.path.dirname(image_path(root, image_set, 0)), exist_ok=True)
+        jobs = [(int(seed), image_set, i, width, height, root, int(jpeg_quality))
+                for i in range(int(count))]
         images, annotations = [], []
-        for i in range(int(count)):
-            rng = np.random.default_rng([int(seed), _SPLIT_IDS[image_set], i])
-            image, people = render_image(rng, width, height)
-            image_id = _FIRST_ID[image_set] + i
-            path = image_path(root, image_set, image_id)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]):
-                raise OSError(f"could not write {path!r}")
+        for image_id, path, people, found in cartoon.map_in_processes(_render_and_write, jobs,
+                                                                      workers):
             images.append({"id": image_id, "file_name": os.path.basename(path),
                            "width": width, "height": height})
             for p in people:
@@ -255,8 +271,7 @@ def write_synthetic_coco(root: str, *, num_train: int, num_valid: int, seed: int
                     "keypoints": [round(float(v), 2) for v in p["keypoints"].reshape(-1)],
                     "num_keypoints": int(np.sum(p["keypoints"][:, 2] > 0)),
                 })
-            if image_set == VALID_SET:
-                detections += _detections(rng, image_id, people, width, height)
+            detections += found
         path = annotation_path(root, image_set)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -269,14 +284,16 @@ def write_synthetic_coco(root: str, *, num_train: int, num_valid: int, seed: int
 
 
 def ensure_synthetic_coco(root: str, *, num_train: int = 2000, num_valid: int = 300,
-                          seed: int = 0, image_size: int | Sequence[int] = (320, 256)) -> str:
-    """Generates the synthetic COCO-format set into ``root`` once and reuses it afterwards."""
+                          seed: int = 0, image_size: int | Sequence[int] = (320, 256),
+                          processes: int | None = None) -> str:
+    """Generates the synthetic COCO-format set into ``root`` once and reuses it afterwards
+    (``processes``: as :func:`write_synthetic_coco`'s, not part of the parameters)."""
     params = {"kind": "coco", "num_train": int(num_train), "num_valid": int(num_valid),
               "seed": int(seed), "image_size": list(parse_image_size(image_size)), "version": 1}
     return cartoon.ensure_generated(
         root, params, ("images", "annotations", "person_detection_results"),
         lambda: write_synthetic_coco(root, num_train=num_train, num_valid=num_valid, seed=seed,
-                                     image_size=image_size))
+                                     image_size=image_size, processes=processes))
 
 
 class SyntheticCOCODataset(COCODataset):
