@@ -69,7 +69,8 @@ def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | 
 
     With the flip test the heatmaps are the mean of the image's and of its
     mirror's (flipped back, shifted one column when ``test.shift_heatmap``),
-    as the reference validates. Returns ``(outputs, sums)``: ``outputs`` holds
+    as the reference validates (in two network calls; one call on a batch of
+    2N with ``test.join_mirrors``). Returns ``(outputs, sums)``: ``outputs`` holds
     per-sample ``preds`` (D, b, J, 2) in original-image pixels and ``maxvals``
     (D, b, J, 1); ``sums`` (replicated) ``loss_sum`` and ``count`` over valid
     samples and PCK's ``acc_sum`` and ``acc_count``. Padding (``valid`` False)
@@ -84,15 +85,17 @@ def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | 
     flip_pairs = dataset_keypoints(cfg).flip_pairs if flip else ()
     blur_kernel = int(cfg.test.blur_kernel)
     shift = bool(cfg.test.shift_heatmap)
+    join_mirrors = bool(cfg.test.join_mirrors)
     criterion = loss_from_config(cfg)
 
     def per_sample_loss(output, target, target_weight):
         return criterion(output[None], target[None], target_weight[None])
 
     def step(variables, images, target, target_weight, center, scale, valid):
-        # The image and its mirror in two network calls, as the reference validates.
+        # The image and its mirror in two network calls, as the reference validates,
+        # unless test.join_mirrors.
         output = predict_heatmaps(model, variables, images, flip_test=flip, flip_pairs=flip_pairs,
-                                  shift=shift, join_mirrors=False)
+                                  shift=shift, join_mirrors=join_mirrors)
         preds, maxvals = get_final_preds(output, center, scale, decode=decode,
                                          blur_kernel=blur_kernel)
         mask = valid.astype(jnp.float32)

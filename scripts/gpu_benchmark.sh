@@ -25,13 +25,18 @@
 #             processes and CPU load sampled every 2 s                      [75]
 #   autotune  W32 bf16 train step compiled with --xla_gpu_autotune_level=0
 #             (compile time against throughput), its own cold cache         [100]
+#   llvm      the same with jax_persistent_cache_enable_xla_caches=all (XLA's
+#             kernel cache, LLVM modules compiled in parallel), cold       [100]
+#   joined    W32 bf16 eval+flip with test.join_mirrors=true (image and mirror
+#             in one network call of 2N instead of two calls of N)         [60]
 #   unrolled  W32 bf16 train step with model.scan=none (compile and speed) [100]
 #   w48       HRNet-W48 bf16 train and eval+flip, scanned                  [120]
 #   data      scripts/bench_data.py at 16 workers on 1280x720 JPEGs          [50]
 #   scans     W32 bf16 train with model.scan=blocks and =modules           [200]
 # With 15 minutes of device time, two calls (each machine starts with a cold
 # cache): the default parts with BUDGET=540, then
-# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh env autotune unrolled profile_cb quick w48 data`.
+# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh env unrolled autotune joined llvm profile_cb quick w48 data`
+# (the budget cuts the list where it runs out).
 #
 # Everything printed is the record; the benchmark's JSON, the training logs,
 # the sampled processes and the profiles' Perfetto traces (those under 4 MB)
@@ -42,6 +47,8 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# Each part names its cache (--compilation-cache); this variable would override them all.
+unset JAX_COMPILATION_CACHE_DIR
 OUT=${OUT:-/tmp/hrnet_jax_gpu}
 WORK=${WORK:-/tmp/hrnet_jax_work}
 BUDGET=${BUDGET:-540}
@@ -140,6 +147,8 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       cp "$WORK/quick/train.log" "$RESULTS/quick_train.log" 2>/dev/null
       ;;
     w48) bench 120 w48_scan --configs hrnet_w48 --dtypes bf16 --set model.scan=all ;;
+    joined) bench 60 w32_eval_joined --configs hrnet_w32 --dtypes bf16 --only eval \
+              --set model.scan=all --set test.join_mirrors=true ;;
     unrolled) bench 100 w32_unrolled --configs hrnet_w32 --dtypes bf16 --only train \
                 --set model.scan=none ;;
     data)
@@ -152,11 +161,17 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" CACHE="$WORK/xla_cache_autotune0" \
         bench 100 w32_autotune0 --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=all
       ;;
+    llvm)
+      # JAX's "all" XLA caches: the kernel cache, and LLVM modules compiled in parallel.
+      JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all CACHE="$WORK/xla_cache_all" \
+        bench 100 w32_xla_caches_all --configs hrnet_w32 --dtypes bf16 --only train \
+        --set model.scan=all
+      ;;
     scans)
       bench 100 w32_scan_blocks --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=blocks
       bench 100 w32_scan_modules --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=modules
       ;;
-    *) echo "unknown part $1 (env w32 profile profile_cb warm e2e quick autotune unrolled w48 data scans)"
+    *) echo "unknown part $1 (env w32 profile profile_cb warm e2e quick autotune llvm joined unrolled w48 data scans)"
        return 2 ;;
   esac
 }

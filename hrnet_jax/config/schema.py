@@ -117,6 +117,11 @@ class TestConfig:
     decode: str = "reference"
     blur_kernel: int = 11  # DARK's Gaussian modulation kernel (11 suits sigma 2)
     shift_heatmap: bool = True
+    # The flip test's images and mirrors as one batch of 2N in one network call
+    # (fewer, larger kernels on a GPU) instead of two calls of N, as the
+    # reference validates; the same maths, but XLA may round the other batch
+    # size's convolutions differently in the last bits.
+    join_mirrors: bool = False
     # The model scripts/test.py evaluates when --checkpoint is not given (the
     # reference's TEST.MODEL_FILE): any form --checkpoint takes, or a reference .pth.
     model_file: str = ""
