@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import pathlib
 import tempfile
+from typing import Any
 
 import pytest
 
@@ -23,18 +26,31 @@ import numpy as np  # noqa: E402
 from hrnet_jax.config import Config, StageConfig, get_config, override
 from hrnet_jax.models import build_model
 
-# HRNet-W8 with one single-block module per stage on 64x64 inputs; also usable
-# as command-line flags (--config hrnet_w8 --set KEY=VALUE ...).
-TINY_OVERRIDES = (
-    "model.image_size=64,64",
-    "model.heatmap_size=16,16",
-    "model.sigma=1.0",
+# One single-block module per stage: every code path of the presets, a quick compile.
+SHALLOW_OVERRIDES = (
     "model.stage2.num_blocks=1,1",
     "model.stage3.num_modules=1",
     "model.stage3.num_blocks=1,1,1",
     "model.stage4.num_modules=1",
     "model.stage4.num_blocks=1,1,1,1",
 )
+# HRNet-W8 made shallow on 64x64 inputs; also usable as command-line flags
+# (--config hrnet_w8 --set KEY=VALUE ...).
+TINY_OVERRIDES = (
+    "model.image_size=64,64",
+    "model.heatmap_size=16,16",
+    "model.sigma=1.0",
+    *SHALLOW_OVERRIDES,
+)
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> Any:
+    """``scripts/<name>.py`` imported as a module, to call its ``main(argv)`` in this process."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(*extra: str) -> Config:

@@ -1,27 +1,11 @@
 """The throughput benchmark: records, table and JSON of a tiny run, and its flag checks."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
+from conftest import SHALLOW_OVERRIDES, load_script
 from hrnet_jax import benchmark
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-# hrnet_w8 with one module of one block per branch: the same code path, a quicker compile.
-SHALLOW = [
-    "model.stage2.num_blocks=[1,1]",
-    "model.stage3.num_modules=1", "model.stage3.num_blocks=[1,1,1]",
-    "model.stage4.num_modules=1", "model.stage4.num_blocks=[1,1,1,1]",
-]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +13,7 @@ def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("benchmark") / "out" / "bench.json"
     records = benchmark.run_benchmark(
         "hrnet_w8", batch_size=2, dtypes="fp32", steps=1, warmup=1, image_size=64,
-        overrides=SHALLOW)
+        overrides=SHALLOW_OVERRIDES)
     benchmark.write_json(str(path), records)
     return records, json.loads(path.read_text())
 
@@ -90,7 +74,7 @@ def test_unknown_dtype_is_refused_naming_it_and_the_choices():
 
 
 def test_bad_flags_stop_the_script_before_compiling(capsys):
-    script = _script()
+    script = load_script("benchmark")
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--configs", "hrnet_w8", "--dtypes", "fp16"])
     assert exit_info.value.code == 2

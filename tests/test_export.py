@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import load_script, tiny_config
 from hrnet_jax import export
 from hrnet_jax.config import get_config
 from hrnet_jax.model_file import save_model
@@ -247,11 +247,7 @@ def test_export_script_fails_clearly(tiny, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x.stablehlo").exists()
 
     # Without the converter (hidden here), the script names the extra to install.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_script", ROOT / "scripts" / "export.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("export")
     monkeypatch.setitem(sys.modules, "jax2onnx", None)
     saved = save_model(tmp_path / "model", variables, cfg)
     code = script.main(["--checkpoint", str(saved), "--format", "onnx",

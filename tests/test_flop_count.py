@@ -7,16 +7,12 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
+from conftest import SHALLOW_OVERRIDES
 from hrnet_jax import benchmark
 from hrnet_jax.flop_count import dot_flops, function_flops, valid_positions
 from hrnet_jax.train.state import init_variables
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-SHALLOW = [
-    "model.stage2.num_blocks=[1,1]",
-    "model.stage3.num_modules=1", "model.stage3.num_blocks=[1,1,1]",
-    "model.stage4.num_modules=1", "model.stage4.num_blocks=[1,1,1,1]",
-]
 
 
 def _conv(x, w, *, stride=1, padding=(0, 0), lhs_dilation=1, rhs_dilation=1, groups=1):
@@ -102,7 +98,8 @@ def test_scanned_and_unrolled_networks_count_the_same_and_slightly_under_xla():
     counts = {}
     for scan in ("all", "none"):
         cfg = benchmark.benchmark_config("hrnet_w8", batch_size=2, dtype="float32",
-                                         image_size=(64, 64), overrides=[*SHALLOW, f"model.scan={scan}"])
+                                         image_size=(64, 64),
+                                         overrides=[*SHALLOW_OVERRIDES, f"model.scan={scan}"])
         variables = init_variables(cfg, jax.random.key(0))
         data = benchmark.synthetic_batch(cfg, 2, 1)
         for case in (benchmark.train_case(cfg, variables, data),

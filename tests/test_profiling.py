@@ -1,7 +1,6 @@
 """The trace summariser on hand-made traces, a real profile on the CPU, and the script's flags."""
 
 import gzip
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,24 +10,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import SHALLOW_OVERRIDES, load_script
 from hrnet_jax import profiling
 from hrnet_jax.profiling import Interval
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-# hrnet_w8 with one module of one block per branch: the same code path, a quicker compile.
-SHALLOW = [
-    "model.stage2.num_blocks=[1,1]",
-    "model.stage3.num_modules=1", "model.stage3.num_blocks=[1,1,1]",
-    "model.stage4.num_modules=1", "model.stage4.num_blocks=[1,1,1,1]",
-]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("profile_step_script",
-                                                  ROOT / "scripts" / "profile_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _meta(pid, name, tid=None):
@@ -293,10 +277,10 @@ def test_profiling_a_donating_step_carries_its_state(tmp_path):
 
 
 def test_the_script_profiles_a_tiny_eval_step_on_the_cpu(tmp_path, capsys):
-    code = _script().main([
+    code = load_script("profile_step").main([
         "--config", "hrnet_w8", "--dtype", "fp32", "--batch-size", "2", "--image-size", "64",
         "--step", "eval", "--steps", "2", "--warmup", "1", "--logdir", str(tmp_path),
-        "--compilation-cache", "none", "--top", "5", *(f"--set={o}" for o in SHALLOW)])
+        "--compilation-cache", "none", "--top", "5", *(f"--set={o}" for o in SHALLOW_OVERRIDES)])
     out = capsys.readouterr().out
     assert code == 0
     assert "compiling ..." in out and "compiled in" in out
@@ -316,7 +300,7 @@ def test_the_script_profiles_a_tiny_eval_step_on_the_cpu(tmp_path, capsys):
 def test_keeping_command_buffers_adds_to_the_xla_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=somewhere")
     with pytest.raises(SystemExit):
-        _script().main(["--keep-command-buffers", "--steps", "0"])
+        load_script("profile_step").main(["--keep-command-buffers", "--steps", "0"])
     assert os.environ["XLA_FLAGS"] == (
         "--xla_dump_to=somewhere --xla_enable_command_buffers_during_profiling=true")
 
@@ -342,6 +326,6 @@ def test_bad_flags_exit_with_code_2_naming_the_flag_before_compiling(flags, name
     monkeypatch.setattr(benchmark, "synthetic_batch", no_build)
     monkeypatch.setattr(state, "init_variables", no_build)
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--config", "hrnet_w8", *flags])
+        load_script("profile_step").main(["--config", "hrnet_w8", *flags])
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
