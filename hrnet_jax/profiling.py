@@ -422,7 +422,7 @@ def _table(rows: Sequence[OpStats], steps: int, total_us: float, top: int) -> li
 
 
 def format_summary(summary: TraceSummary, *, top: int = 25) -> str:
-    """The summary as text: per step wall, host and device time, gaps, top ops and every line."""
+    """The summary as text: per step wall, host and device time, gaps, top ops and the busiest lines."""
     s, n = summary, summary.steps
     wall = s.wall_us
     out = [f"wall: {_ms(wall, n)} ms/step ({wall / 1e3:.3f} ms for {n} steps, from the first "
@@ -472,8 +472,11 @@ def format_summary(summary: TraceSummary, *, top: int = 25) -> str:
                    f"({100 * copies / kernel_us if kernel_us else 0:.1f}% of kernel time); "
                    f"top {min(top, len(s.kernels))} of {len(s.kernels)} by time:")
         out += _table(s.kernels, n, kernel_us, top)
-    out.append("lines (process / thread: events/step, summed ms/step, busy ms/step):")
-    for line in s.lines:
+    # A GPU host has many threads; the busiest lines say where the time went.
+    busiest = sorted(s.lines, key=lambda line: -line.busy_us)[:top]
+    out.append(f"busiest {len(busiest)} of {len(s.lines)} lines (process / thread: events/step, "
+               "summed ms/step, busy ms/step):")
+    for line in busiest:
         out.append(f"  {_line_label(line.process, line.thread)}: {line.events / n:.1f}, "
                    f"{_ms(line.total_us, n)}, {_ms(line.busy_us, n)}")
     return "\n".join(out)

@@ -10,8 +10,8 @@ already on the devices, compiles it, runs ``--warmup`` untimed calls and then
 time, the host's time inside the calls, how long the device was busy and idle
 (gaps between kernels point at a host- or launch-bound step), ops per step,
 the top op categories by time (HLO op names without their ``.N``), the time in
-copies and transposes and, on a GPU, the top kernels; then every traced
-process and thread. The raw trace stays under ``--logdir`` (its path is
+copies and transposes and, on a GPU, the top kernels; then the busiest traced
+processes and threads. The raw trace stays under ``--logdir`` (its path is
 printed) for a closer look in Perfetto or TensorBoard.
 
 On a GPU, XLA runs its command buffers (CUDA graphs) op by op while the
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE", help="override a config field (repeatable)")
     parser.add_argument("--logdir", default="output/profile", metavar="DIR",
                         help="where jax.profiler writes the trace (default %(default)s)")
-    parser.add_argument("--top", type=int, default=25, help="op categories and kernels listed")
+    parser.add_argument("--top", type=int, default=25,
+                        help="op categories, kernels and trace lines listed")
     parser.add_argument("--python-tracer", action="store_true",
                         help="also trace Python calls (slows the host, so dispatch looks slower)")
     parser.add_argument("--keep-command-buffers", action="store_true",

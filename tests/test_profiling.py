@@ -115,7 +115,10 @@ def test_the_text_summary_gives_figures_per_step(cpu_summary):
     assert "gaps/step by size: 0.0 0-10 us (0.000 ms), 0.5 10-100 us (0.010 ms), 0.0 >=100 us" in text
     assert re.search(r"0\.015\s+37\.5%\s+1\.0\s+15\.0  fusion", text)
     assert "(2 more)" in text and "  add" not in text   # top=2 of 4 categories
+    # top=2: the two busiest of the four lines, worker-a (50 us) and worker-b (32 us)
+    assert "busiest 2 of 4 lines" in text
     assert "/host:CPU / worker-b: 1.5, 0.016, 0.016" in text
+    assert "/host:CPU / python" not in text
 
 
 # A GPU-like trace: a device process with derived 'XLA Modules' and 'XLA Ops'
