@@ -366,7 +366,8 @@ def test_a_new_pool_removes_the_blocks_of_a_run_that_was_killed_outright(caplog)
                              text=True, start_new_session=True)
     try:
         prefix = child.stdout.readline().strip()
-        assert prefix.startswith(f"hrnet_jax_{child.pid}_"), prefix
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        assert prefix.startswith(f"hrnet_jax_{namespace}-{child.pid}_"), prefix
 
         def left():
             return [n for n in os.listdir("/dev/shm") if n.startswith(prefix + "_")]
@@ -388,3 +389,29 @@ def test_a_new_pool_removes_the_blocks_of_a_run_that_was_killed_outright(caplog)
         assert [int(b["step"]) for b in running] == [0, 1]
     assert left() == []
     assert "removed 4 shared-memory blocks (3.1 MB)" in caplog.text, caplog.text
+
+
+def test_blocks_of_another_pid_namespace_are_never_swept():
+    # Another container sharing /dev/shm: its process ids mean nothing here, so
+    # even a pid that does not exist in this namespace must not lead to removal.
+    from multiprocessing import resource_tracker, shared_memory
+
+    from hrnet_jax.data.workers import remove_orphaned_blocks
+
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    names = {"other": f"hrnet_jax_{namespace + 1}-{dead}_0123abcd_7",
+             "ours": f"hrnet_jax_{namespace}-{dead}_0123abcd_7"}
+    for name in names.values():
+        block = shared_memory.SharedMemory(name=name, create=True, size=16)
+        block.close()
+        resource_tracker.unregister(block._name, "shared_memory")  # we unlink by hand
+    try:
+        removed = [name for name, _ in remove_orphaned_blocks()]
+        assert names["ours"] in removed
+        assert names["other"] not in removed and os.path.exists(f"/dev/shm/{names['other']}")
+    finally:
+        for name in names.values():
+            if os.path.exists(f"/dev/shm/{name}"):
+                os.unlink(f"/dev/shm/{name}")

@@ -88,12 +88,24 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 SHM_DIR = "/dev/shm"
-# hrnet_jax_<pid of the pool's owner>_<8 hex digits>_<batch number>
-_BLOCK_NAME = re.compile(r"hrnet_jax_(\d+)_[0-9a-f]{8}_\d+")
+# hrnet_jax_<pid namespace>-<owner's pid>_<8 hex digits>_<batch number>. A process id
+# means something only in its namespace: containers sharing /dev/shm (docker
+# --ipc=host) each have their own, so only blocks of this one are ever swept.
+_BLOCK_NAME = re.compile(r"hrnet_jax_(\d+)-(\d+)_[0-9a-f]{8}_\d+")
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (the inode of /proc/self/ns/pid); None off Linux."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
 
 
 def _block_prefix() -> str:
-    return f"hrnet_jax_{os.getpid()}_{secrets.token_hex(4)}"
+    namespace = _pid_namespace()
+    owner = f"{namespace}-{os.getpid()}" if namespace else str(os.getpid())
+    return f"hrnet_jax_{owner}_{secrets.token_hex(4)}"
 
 
 def _shm_name(prefix: str, step: int) -> str:
@@ -113,19 +125,21 @@ def _process_exists(pid: int) -> bool:
 def remove_orphaned_blocks(directory: str = SHM_DIR) -> list[tuple[str, int]]:
     """Unlinks batch blocks in ``directory`` whose owning process no longer exists.
 
-    Only names this module writes are touched, and only when the process id
-    in the name is gone, so pools of other live runs are left alone. Returns
-    ``(name, bytes)`` of each block removed; nothing where the directory does
-    not exist (shared memory lives elsewhere on macOS and Windows).
+    Only names this module writes are touched, only those made in this pid
+    namespace, and only when the process id in the name is gone, so pools of
+    other live runs (in other containers too) are left alone. Returns
+    ``(name, bytes)`` of each block removed; nothing off Linux.
     """
+    namespace = _pid_namespace()
     try:
-        names = os.listdir(directory)
+        names = os.listdir(directory) if namespace else []
     except OSError:
         return []
     removed = []
     for name in names:
         match = _BLOCK_NAME.fullmatch(name)
-        if match is None or _process_exists(int(match.group(1))):
+        if (match is None or match.group(1) != namespace
+                or _process_exists(int(match.group(2)))):
             continue
         try:
             size = os.stat(os.path.join(directory, name)).st_size
