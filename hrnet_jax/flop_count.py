@@ -77,14 +77,15 @@ def dot_flops(lhs_shape: Sequence[int], out_shape: Sequence[int], *, dimension_n
     return 2 * int(np.prod(out_shape, dtype=np.int64)) * contracted
 
 
-def _inner_jaxprs(value: Any) -> Iterator[jex_core.Jaxpr]:
+def inner_jaxprs(value: Any) -> Iterator[jex_core.Jaxpr]:
+    """The jaxprs held by an equation parameter's ``value`` (closed or not, in tuples too)."""
     if isinstance(value, jex_core.ClosedJaxpr):
         yield value.jaxpr
     elif isinstance(value, jex_core.Jaxpr):
         yield value
     elif isinstance(value, (tuple, list)):
         for item in value:
-            yield from _inner_jaxprs(item)
+            yield from inner_jaxprs(item)
 
 
 def jaxpr_flops(jaxpr: jex_core.Jaxpr | jex_core.ClosedJaxpr) -> int:
@@ -111,7 +112,7 @@ def jaxpr_flops(jaxpr: jex_core.Jaxpr | jex_core.ClosedJaxpr) -> int:
             total += max(jaxpr_flops(branch) for branch in eqn.params["branches"])
         else:
             total += sum(jaxpr_flops(inner) for value in eqn.params.values()
-                         for inner in _inner_jaxprs(value))
+                         for inner in inner_jaxprs(value))
     return total
 
 

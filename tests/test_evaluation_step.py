@@ -5,21 +5,16 @@ import numpy as np
 
 from conftest import tiny_config
 from hrnet_jax import benchmark
+from hrnet_jax.flop_count import inner_jaxprs
 from hrnet_jax.train.state import init_variables
 
 
 def _convolutions(jaxpr) -> int:
     """conv_general_dilated equations in ``jaxpr`` and the jaxprs nested in it."""
-    count = 0
-    for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "conv_general_dilated"
-        for value in eqn.params.values():
-            for inner in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(inner, jax.extend.core.ClosedJaxpr):
-                    count += _convolutions(inner.jaxpr)
-                elif isinstance(inner, jax.extend.core.Jaxpr):
-                    count += _convolutions(inner)
-    return count
+    return sum((eqn.primitive.name == "conv_general_dilated")
+               + sum(_convolutions(inner) for value in eqn.params.values()
+                     for inner in inner_jaxprs(value))
+               for eqn in jaxpr.eqns)
 
 
 def test_joining_the_mirrors_calls_the_network_once_and_evaluates_the_same():
