@@ -10,6 +10,7 @@ centre and scale.
 """
 
 import numpy as np
+import pytest
 
 from hrnet_jax import crop, images
 from hrnet_jax.config import get_config, override
@@ -41,6 +42,23 @@ def test_normalisation_is_per_channel_imagenet_statistics_channels_first():
     np.testing.assert_allclose(x[0], (1 - 0.485) / 0.229, rtol=1e-6)
     np.testing.assert_allclose(x[1], (0 - 0.456) / 0.224, rtol=1e-6)
     np.testing.assert_allclose(x[2], (0 - 0.406) / 0.225, rtol=1e-6)
+
+
+def test_every_byte_value_normalises_to_the_float32_arithmetic_bit_for_bit():
+    values = np.arange(256, dtype=np.uint8)
+    image = np.stack([values, values[::-1], values ^ 0x5A], -1)[None]  # (1, 256, 3)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    expected = ((image.astype(np.float32) / np.float32(255) - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_array_equal(normalize_image(image), expected)
+    np.testing.assert_array_equal(normalize_image(image[:, ::-1]), expected[:, :, ::-1])
+
+
+def test_normalisation_refuses_anything_but_an_hw3_uint8_image():
+    for bad in (np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8),
+                np.zeros((4, 4, 4), np.uint8)):
+        with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 image"):
+            normalize_image(bad)
 
 
 def test_inference_crops_are_the_data_pipelines_evaluation_inputs_bit_for_bit():
