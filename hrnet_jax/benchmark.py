@@ -38,7 +38,7 @@ from hrnet_jax.evaluation import make_eval_step
 from hrnet_jax.flop_count import function_flops
 from hrnet_jax.models.scan import SCAN_MODES, scan_mode
 from hrnet_jax.parallel import replicate
-from hrnet_jax.train.state import create_train_state, init_variables
+from hrnet_jax.train.state import create_train_state, init_variables, lr_boundaries
 from hrnet_jax.train.steps import make_train_step
 
 DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "f32": "float32",
@@ -278,9 +278,10 @@ class StepCase:
 
 def train_case(cfg: Config, variables: Any, data: Mapping[str, Any]) -> StepCase:
     """The train step (forward, backward, Adam, PCK) on ``data`` from :func:`synthetic_batch`."""
-    state, schedule = create_train_state(cfg, variables, steps_per_epoch=1)
-    args = (replicate(state), data["images"], data["target"], data["target_weight"])
-    return StepCase("train", make_train_step(cfg, schedule), args, carry_first=True)
+    state = create_train_state(cfg, variables, steps_per_epoch=1)
+    args = (replicate(state), data["images"], data["target"], data["target_weight"],
+            replicate(lr_boundaries(cfg, steps_per_epoch=1)))
+    return StepCase("train", make_train_step(cfg), args, carry_first=True)
 
 
 def eval_case(cfg: Config, variables: Any, data: Mapping[str, Any], *,

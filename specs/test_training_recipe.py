@@ -3,11 +3,17 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hrnet_jax.config import get_config, override
 from hrnet_jax.losses import loss_from_config
-from hrnet_jax.train.state import learning_rate_schedule, make_optimizer
+from hrnet_jax.train.state import (
+    learning_rate_schedule,
+    lr_boundaries,
+    make_optimizer,
+    step_schedule,
+)
 
 
 def test_learning_rate_is_1e_3_until_epoch_170_then_1e_4_then_1e_5_from_epoch_200():
@@ -20,6 +26,44 @@ def test_learning_rate_is_1e_3_until_epoch_170_then_1e_4_then_1e_5_from_epoch_20
     assert float(schedule(1999)) == pytest.approx(1e-4)
     assert float(schedule(2000)) == pytest.approx(1e-5)
     assert float(schedule(2099)) == pytest.approx(1e-5)
+
+
+def test_the_rate_drops_by_a_float32_multiplication_per_boundary_passed():
+    cfg = get_config("hrnet_w32")  # lr 1e-3, factor 0.1, epochs 170 and 200
+    schedule = learning_rate_schedule(cfg, steps_per_epoch=10)
+    once = np.float32(1e-3) * np.float32(0.1)
+    twice = once * np.float32(0.1)
+    for step, expected in ((1699, np.float32(1e-3)), (1700, once), (1999, once), (2000, twice)):
+        value = schedule(jnp.int32(step))
+        assert value.dtype == jnp.float32 and value == expected, step
+    # optax's piecewise-constant schedule gives the same bits.
+    reference = optax.piecewise_constant_schedule(1e-3, {1700: 0.1, 2000: 0.1})
+    steps = jnp.arange(1690, 2010, dtype=jnp.int32)
+    np.testing.assert_array_equal(jax.vmap(schedule)(steps), jax.vmap(reference)(steps))
+
+
+def test_an_epoch_listed_twice_drops_the_rate_twice_and_epoch_zero_never():
+    # PyTorch's MultiStepLR counts milestones; a scheduler stepped after each epoch never
+    # reaches a milestone at epoch 0.
+    cfg = override(get_config("hrnet_w32"), {"train.lr": 1.0, "train.lr_factor": 0.5,
+                                             "train.lr_step": [0, 3, 3]})
+    np.testing.assert_array_equal(lr_boundaries(cfg, steps_per_epoch=4), [12, 12])
+    schedule = learning_rate_schedule(cfg, steps_per_epoch=4)
+    assert [float(schedule(s)) for s in (0, 11, 12)] == [1.0, 1.0, 0.25]
+
+
+def test_boundaries_given_as_data_give_one_program_for_every_dataset_size():
+    cfg = get_config("hrnet_w32")
+
+    def rate(step, boundaries):
+        return step_schedule(cfg, boundaries)(step)
+
+    compiled = jax.jit(rate).lower(jnp.int32(0), lr_boundaries(cfg, 10)).compile()
+    for steps_per_epoch in (3, 10, 500):
+        boundaries = lr_boundaries(cfg, steps_per_epoch)
+        for step in (170 * steps_per_epoch - 1, 170 * steps_per_epoch, 200 * steps_per_epoch):
+            assert compiled(jnp.int32(step), boundaries) == \
+                learning_rate_schedule(cfg, steps_per_epoch)(step)
 
 
 def test_adam_first_step_moves_each_parameter_by_the_learning_rate_and_ignores_wd():

@@ -16,6 +16,7 @@ import pytest
 import scipy.io
 
 from conftest import TINY_OVERRIDES, tiny_config
+from hrnet_jax import benchmark, compilation
 from hrnet_jax.config import override
 from hrnet_jax.data import write_synthetic_mpii
 from hrnet_jax.model_file import load_model
@@ -83,6 +84,41 @@ def test_a_run_trains_every_step_validates_each_epoch_and_writes_its_models(stra
         variables, cfg = load_model(os.path.join(workdir, name))
         assert cfg.model.image_size == (64, 64)
     assert Checkpoints(os.path.join(workdir, "checkpoints")).all_steps() == [6, 12]
+
+
+def test_a_set_of_another_size_trains_with_the_step_already_compiled_for_the_first(
+        straight_run, tmp_path):
+    # The learning-rate boundaries are the step's data, not constants compiled into it:
+    # 4 steps per epoch instead of 6 is the same program, which the persistent
+    # compilation cache (on for the tests, see conftest) holds since straight_run.
+    if compilation.cache_directory() is None:
+        pytest.skip("JAX's persistent compilation cache is off")
+    root = str(tmp_path / "smaller")
+    write_synthetic_mpii(root, num_train=16, num_valid=4, seed=1, image_size=(96, 96))
+    workdir = str(tmp_path / "run")
+    result = train(run_config(root), workdir, max_steps=1, show_progress=False)
+    assert result.step == 1
+    log = open(os.path.join(workdir, "train.log")).read()
+    assert "(16 samples, 4 steps per epoch," in log
+    ready = [x for x in log.splitlines() if "=> train step" in x and " ready in " in x]
+    assert len(ready) == 1 and "loaded from the persistent compilation cache" in ready[0], log
+
+
+def test_training_loads_the_train_step_the_benchmark_compiled(data_root, tmp_path):
+    # A learning rate no other test trains with (the rate is compiled into the step),
+    # so only the benchmark can have put this program into the cache.
+    if compilation.cache_directory() is None:
+        pytest.skip("JAX's persistent compilation cache is off")
+    rate = ("train.lr=0.00123",)
+    records = benchmark.run_benchmark("hrnet_w8", batch_size=4, dtypes="fp32", steps=1,
+                                      warmup=0, image_size=64, evaluate=False,
+                                      overrides=(*TINY_OVERRIDES, *rate))
+    assert [r.step for r in records] == ["train"] and not records[0].cache_hit
+    workdir = str(tmp_path / "run")
+    train(run_config(data_root, *rate), workdir, max_steps=1, show_progress=False)
+    log = open(os.path.join(workdir, "train.log")).read()
+    ready = [x for x in log.splitlines() if "=> train step" in x and " ready in " in x]
+    assert len(ready) == 1 and "loaded from the persistent compilation cache" in ready[0], log
 
 
 def test_stopping_at_max_steps_and_rerunning_continues_exactly(straight_run, data_root, tmp_path):

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     from conftest import tiny_config
     from hrnet_jax.config import override
     from hrnet_jax.targets import generate_targets
-    from hrnet_jax.train.state import create_train_state, init_variables
+    from hrnet_jax.train.state import create_train_state, init_variables, lr_boundaries
     from hrnet_jax.parallel import replicate, shard
     from hrnet_jax.train.steps import make_train_step, sync_batch_stats
 
@@ -32,13 +32,14 @@ SCRIPT = textwrap.dedent("""
                                           heatmap_size=(16, 16), sigma=1.0)
         target, weight = np.asarray(target), np.asarray(weight)
         variables = init_variables(cfg, jax.random.key(0))
-        state, schedule = create_train_state(cfg, variables, 10)
-        step = make_train_step(cfg, schedule)
+        state = create_train_state(cfg, variables, 10)
+        step = make_train_step(cfg)
         runs = {}
         for n in (1, 2):
             devices = jax.local_devices()[:n]
             state_r = replicate(state, devices)
-            new_r, metrics = step(state_r, *shard((images, target, weight), n))
+            new_r, metrics = step(state_r, *shard((images, target, weight), n),
+                                  replicate(lr_boundaries(cfg, 10), devices))
             grads = jax.tree.map(lambda new, old: np.asarray(old) - np.asarray(new[0]),
                                  new_r.params, state.params)
             stats = new_r.batch_stats["bn1"]["mean"]
@@ -63,9 +64,10 @@ SCRIPT = textwrap.dedent("""
         cfg = override(tiny_config(*repeats, f"model.scan={scan}"),
                        {"train.optimizer": "sgd", "train.lr": 1.0, "train.wd": 0.0,
                         "train.momentum": 0.0, "train.sync_batch_stats": True})
-        state, schedule = create_train_state(cfg, init_variables(cfg, jax.random.key(1)), 10)
-        new_r, metrics = make_train_step(cfg, schedule)(replicate(state),
-                                                        *shard((images, target, weight), 2))
+        state = create_train_state(cfg, init_variables(cfg, jax.random.key(1)), 10)
+        new_r, metrics = make_train_step(cfg)(replicate(state),
+                                              *shard((images, target, weight), 2),
+                                              replicate(lr_boundaries(cfg, 10)))
         grads = jax.tree.map(lambda new, old: np.asarray(old) - np.asarray(new[0]),
                              new_r.params, state.params)
         scanned[scan] = (float(metrics["loss"][0]),
@@ -85,10 +87,10 @@ SCRIPT = textwrap.dedent("""
         lambda event, seconds, **kw: traces.append(event)
         if event == "/jax/core/compile/jaxpr_trace_duration" else None)
     cfg = tiny_config()
-    state, schedule = create_train_state(cfg, init_variables(cfg, jax.random.key(2)), 10)
-    step = make_train_step(cfg, schedule)
+    state = create_train_state(cfg, init_variables(cfg, jax.random.key(2)), 10)
+    step = make_train_step(cfg)
     state_r = replicate(state)
-    batch = shard((images, target, weight), 2)
+    batch = (*shard((images, target, weight), 2), replicate(lr_boundaries(cfg, 10)))
     state_r, _ = step(state_r, *batch)
     out["traces_first_call"] = len(traces)
     later = 0

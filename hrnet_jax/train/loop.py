@@ -36,7 +36,7 @@ from hrnet_jax.train.state import (
     TrainState,
     create_train_state,
     init_variables,
-    learning_rate_schedule,
+    lr_boundaries,
 )
 from hrnet_jax.train.steps import make_train_step, sync_batch_stats
 from hrnet_jax.workdir import (
@@ -193,9 +193,9 @@ class _Run:
         self.steps_per_epoch = len(self.train_loader)  # at least 1: the loader checks
         total = cfg.train.end_epoch * self.steps_per_epoch
         self.total_steps = total if max_steps is None else min(total, int(max_steps))
-        self.schedule = learning_rate_schedule(cfg, self.steps_per_epoch)
+        self.lr_boundaries = replicate(lr_boundaries(cfg, self.steps_per_epoch))
         self.train_step = announce_compilation(
-            make_train_step(cfg, self.schedule, return_output=cfg.debug),
+            make_train_step(cfg, return_output=cfg.debug),
             describe_step("train step", cfg, self.train_batch), logger.info)
         self.eval_step = announce_compilation(
             make_eval_step(cfg), describe_step("eval step", cfg, valid_batch), logger.info)
@@ -276,10 +276,10 @@ def _initial_state(run: _Run) -> TrainState:
                     f"({run.train_loader.dataset_size} samples, {run.steps_per_epoch} steps "
                     f"per epoch, batch {run.train_batch} on {run.num_devices} device(s)"
                     f"{processes}) into {run.workdir}")
-        return create_train_state(cfg, variables, run.steps_per_epoch)[0]
+        return create_train_state(cfg, variables, run.steps_per_epoch)
 
     state, record = checkpoints.restore(create_train_state(cfg, variables,
-                                                           run.steps_per_epoch)[0])
+                                                           run.steps_per_epoch))
     for skipped, reason in checkpoints.skipped:
         logger.info(f"=> WARNING: the checkpoint of step {skipped} in {checkpoints.directory} "
                     f"cannot be restored ({reason}); moved to "
@@ -311,7 +311,7 @@ def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest
         t_fetch = time.perf_counter()
         for arrays, batch in _prefetch(run.train_loader):
             data_seconds = time.perf_counter() - t_fetch
-            state_r, metrics = run.train_step(state_r, *arrays)
+            state_r, metrics = run.train_step(state_r, *arrays, run.lr_boundaries)
             meter.add(metrics, data_seconds)
             if not run.compiled:
                 meter.leave_out_of_timing()

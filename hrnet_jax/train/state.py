@@ -26,17 +26,44 @@ class TrainState(train_state.TrainState):
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def learning_rate_schedule(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
-    """The reference's MultiStepLR: ``lr * lr_factor ** (number of lr_step epochs reached)``.
+def lr_boundaries(cfg: Config, steps_per_epoch: int) -> np.ndarray:
+    """(K,) int32: the steps at which the rate is multiplied by ``train.lr_factor``.
 
     The reference steps its scheduler once per epoch, so the rate changes at
-    the first step of each epoch listed in ``train.lr_step`` (0-based epochs).
+    the first step of each epoch listed in ``train.lr_step`` (0-based epochs;
+    epoch 0 and below never drop, an epoch listed twice drops twice, as in
+    PyTorch's MultiStepLR).
     """
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
-    boundaries = {int(e) * steps_per_epoch: float(cfg.train.lr_factor)
-                  for e in sorted(cfg.train.lr_step) if int(e) > 0}
-    return optax.piecewise_constant_schedule(float(cfg.train.lr), boundaries)
+    epochs = sorted(int(e) for e in cfg.train.lr_step if int(e) > 0)
+    return np.asarray([e * steps_per_epoch for e in epochs], np.int32).reshape(-1)
+
+
+def step_schedule(cfg: Config, boundaries: Any) -> optax.Schedule:
+    """``lr * lr_factor ** (number of boundaries <= step)``, in float32.
+
+    The factor is multiplied in once per boundary passed, in order, which is
+    ``optax.piecewise_constant_schedule`` bit for bit. ``boundaries`` (K,)
+    int32 may be traced: a compiled train step that takes them as an argument
+    serves every dataset size and batch count.
+    """
+    rate, factor = float(cfg.train.lr), float(cfg.train.lr_factor)
+    boundaries = jnp.asarray(boundaries, jnp.int32)
+
+    def schedule(count: Any) -> jax.Array:
+        value = jnp.asarray(rate, jnp.float32)
+        for k in range(boundaries.shape[0]):
+            value = jnp.where(count >= boundaries[k], value * factor, value)
+        return value
+
+    return schedule
+
+
+def learning_rate_schedule(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
+    """The reference's MultiStepLR over steps: :func:`step_schedule` at
+    :func:`lr_boundaries`."""
+    return step_schedule(cfg, lr_boundaries(cfg, steps_per_epoch))
 
 
 def make_optimizer(cfg: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -99,17 +126,16 @@ def init_variables(cfg: Config, rng: jax.Array) -> dict[str, Any]:
 
 
 def create_train_state(cfg: Config, variables: dict[str, Any],
-                       steps_per_epoch: int) -> tuple[TrainState, optax.Schedule]:
-    """A step-0 train state over ``variables``, and its learning-rate schedule."""
-    schedule = learning_rate_schedule(cfg, steps_per_epoch)
+                       steps_per_epoch: int) -> TrainState:
+    """A step-0 train state over ``variables``, its optimiser on the
+    :func:`learning_rate_schedule` of ``steps_per_epoch``."""
     model = build_model(cfg)
-    state = TrainState.create(
+    return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables["batch_stats"],
-        tx=make_optimizer(cfg, schedule),
+        tx=make_optimizer(cfg, learning_rate_schedule(cfg, steps_per_epoch)),
     )
-    return state, schedule
 
 
 def trained_scale_variables(cfg: Config, seed: int = 0) -> dict[str, Any]:

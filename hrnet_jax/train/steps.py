@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from hrnet_jax.config import Config
@@ -22,15 +21,18 @@ from hrnet_jax.evaluation import pck_sums
 from hrnet_jax.losses import loss_from_config
 from hrnet_jax.models import build_model
 from hrnet_jax.parallel import AXIS
-from hrnet_jax.train.state import TrainState
+from hrnet_jax.train.state import TrainState, make_optimizer, step_schedule
 
 
-def make_train_step(cfg: Config, schedule: optax.Schedule, *,
-                    return_output: bool = False) -> Callable:
-    """``step(state, images, target, target_weight) -> (state, metrics)``, pmap'd.
+def make_train_step(cfg: Config, *, return_output: bool = False) -> Callable:
+    """``step(state, images, target, target_weight, lr_boundaries) -> (state, metrics)``, pmap'd.
 
     Arguments carry a leading device axis: images (D, b, 3, H, W), target
-    (D, b, J, h, w), target_weight (D, b, J, 1). The state is donated.
+    (D, b, J, h, w), target_weight (D, b, J, 1), lr_boundaries (D, K) int32
+    from :func:`~hrnet_jax.train.state.lr_boundaries`. The state is donated.
+    The optimiser is ``make_optimizer(cfg, step_schedule(cfg, lr_boundaries))``:
+    with the boundaries passed as data, not compiled in, one program serves
+    every dataset size, and the benchmark's program is training's.
     ``metrics`` (replicated) holds ``loss`` (device mean), ``acc_sum`` and
     ``acc_count`` (PCK weighted by counted joints, as the reference's meter)
     and ``lr`` (the rate this step used); with ``return_output`` also the
@@ -40,7 +42,7 @@ def make_train_step(cfg: Config, schedule: optax.Schedule, *,
     model = build_model(cfg, bn_axis_name=axis)
     criterion = loss_from_config(cfg)
 
-    def step(state: TrainState, images, target, target_weight):
+    def step(state: TrainState, images, target, target_weight, lr_boundaries):
         def objective(params):
             output, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images,
@@ -50,13 +52,18 @@ def make_train_step(cfg: Config, schedule: optax.Schedule, *,
         (loss, (output, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params)
         grads = jax.lax.pmean(grads, AXIS)
-        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        schedule = step_schedule(cfg, lr_boundaries)
+        updates, opt_state = make_optimizer(cfg, schedule).update(
+            grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1,
+                                  params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, batch_stats=batch_stats)
         acc_sum, acc_count = pck_sums(output, target)
         metrics = {
             "loss": jax.lax.pmean(loss, AXIS),
             "acc_sum": acc_sum,
             "acc_count": acc_count,
-            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            "lr": schedule(state.step),
         }
         if return_output:
             metrics["output"] = output
