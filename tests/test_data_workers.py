@@ -54,6 +54,15 @@ class FailAt:
         return MakeArrays()(step)
 
 
+class OpenCVThreads:
+    """Batch ``step`` -> the number of threads OpenCV uses in the process building it."""
+
+    def __call__(self, step):
+        import cv2
+
+        return {"threads": np.int64(cv2.getNumThreads())}
+
+
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("workers") / "synthetic")
@@ -93,6 +102,11 @@ def test_batches_come_out_in_order_and_equal_whatever_the_number_of_workers():
         for b in got:
             np.testing.assert_array_equal(b["pixels"], np.full(1024, b["step"], np.float32))
             assert b["pixels"].flags.writeable
+
+
+def test_each_worker_runs_opencv_on_one_thread_the_workers_being_the_parallelism():
+    with BatchWorkers(OpenCVThreads(), workers=2, prefetch=1, start=0, stop=2) as pool:
+        assert [int(b["threads"]) for b in pool] == [1, 1]
 
 
 def test_a_paused_consumer_has_at_most_workers_times_prefetch_batches_built_ahead(tmp_path):
