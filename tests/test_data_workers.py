@@ -1,5 +1,6 @@
 """Data worker processes: bounded work ahead, flat memory, failures that end iteration, no leaks."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from hrnet_jax.config import get_config, override
 from hrnet_jax.data import build_loader, ensure_synthetic_mpii
+from hrnet_jax.data import workers as workers_module
 from hrnet_jax.data.workers import (
     BatchWorkers,
     WorkerDiedError,
@@ -247,7 +249,33 @@ def test_exit_codes_are_described_with_their_likely_cause():
     assert describe_exit(-9) == ("was killed by signal 9 (SIGKILL): probably out of memory "
                                  "(the kernel's OOM killer sends SIGKILL)")
     assert describe_exit(-11).startswith("was killed by signal 11 (SIGSEGV)")
+    assert describe_exit(-7) == ("was killed by signal 7 (SIGBUS): most likely shared memory "
+                                 "(/dev/shm, where batches travel) is full; give it more room "
+                                 "(docker run --shm-size)")
     assert describe_exit(1) == "exited with code 1"
+
+
+def test_a_shared_memory_too_small_for_the_batches_in_flight_is_warned_of_once(
+        monkeypatch, caplog):
+    # 2 workers x 2 ahead + 4 held by the consumer = 8 blocks of 256 KiB and a header:
+    # just over 2 MiB, in a file system said to hold 1 MiB, then 3 MiB.
+    monkeypatch.setattr(workers_module, "shared_memory_size", lambda: 2**20)
+    with caplog.at_level(logging.WARNING, logger=workers_module.logger.name):
+        with BatchWorkers(MakeArrays(nbytes=2**18), workers=2, prefetch=2, start=0,
+                          stop=3) as pool:
+            assert len(list(pool)) == 3
+    warnings = [r.getMessage() for r in caplog.records if "--shm-size" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("/dev/shm holds 1 MB, but the data workers may need 2 MB")
+    assert "(4 waiting batches and 4 being used, 0.3 MB each)" in warnings[0]
+
+    caplog.clear()
+    monkeypatch.setattr(workers_module, "shared_memory_size", lambda: 3 * 2**20)
+    with caplog.at_level(logging.WARNING, logger=workers_module.logger.name):
+        with BatchWorkers(MakeArrays(nbytes=2**18), workers=2, prefetch=2, start=0,
+                          stop=3) as pool:
+            assert len(list(pool)) == 3
+    assert not [r for r in caplog.records if "--shm-size" in r.getMessage()]
 
 
 def test_bad_pool_sizes_are_refused():
