@@ -100,20 +100,36 @@ def train_line(epoch: int, index: int, steps_per_epoch: int, *, step_time: Avera
     )
 
 
+# The share of an epoch's training time spent waiting for batches above which the
+# epoch line says that data loading bounds the step rate.
+DATA_BOUND_SHARE = 0.2
+
+
 def epoch_line(epoch: int, *, steps: int, train_s: float, data_s: float,
                validation_s: float | None, checkpoint_s: float | None,
-               compiled: bool = False) -> str:
+               compiled: bool = False, workers: int | None = None) -> str:
     """Where an epoch's time went: training (per step, and the wait for data), validation
     and the checkpoint's synchronous part (the rest is written in the background).
 
     ``validation_s`` / ``checkpoint_s`` are None when the epoch had none;
     ``compiled``: the train step compiled during this epoch, and its time is in ``train_s``.
+    When the wait for data is :data:`DATA_BOUND_SHARE` of ``train_s`` or more, the
+    line says that data loading bounds the step rate, and what would help given
+    ``workers`` (the data worker processes; 0: batches built in the training process).
     """
     per_step = train_s / steps if steps else float("nan")
     waiting = data_s / steps if steps else float("nan")
-    parts = [f"=> epoch {epoch}: {steps} steps in {train_s:.1f} s ({per_step:.3f} s a step, "
+    first = (f"=> epoch {epoch}: {steps} steps in {train_s:.1f} s ({per_step:.3f} s a step, "
              f"{waiting:.3f} s of it waiting for data"
-             + ("; compiling the step included" if compiled else "") + ")"]
+             + ("; compiling the step included" if compiled else "") + ")")
+    if steps and train_s > 0 and data_s >= DATA_BOUND_SHARE * train_s:
+        first += (f"; data loading bounds the step rate: the loop waited for batches "
+                  f"{100 * data_s / train_s:.0f}% of the time")
+        if workers == 0:
+            first += " (batches are built in the training process: --workers N would help)"
+        elif workers is not None:
+            first += f" (more --workers than {workers} would help while cores are free)"
+    parts = [first]
     if validation_s is not None:
         parts.append(f"validation {validation_s:.1f} s")
     if checkpoint_s is not None:

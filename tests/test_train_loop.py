@@ -399,3 +399,14 @@ def test_the_epoch_line_says_where_the_time_went():
                       compiled=True) == (
         "=> epoch 0: 4 steps in 20.0 s (5.000 s a step, 0.000 s of it waiting for data; "
         "compiling the step included)")
+    # A fifth of the time or more waiting for batches: data loading bounds the rate.
+    assert epoch_line(2, steps=10, train_s=2.0, data_s=0.4, validation_s=None,
+                      checkpoint_s=None, workers=4) == (
+        "=> epoch 2: 10 steps in 2.0 s (0.200 s a step, 0.040 s of it waiting for data); "
+        "data loading bounds the step rate: the loop waited for batches 20% of the time "
+        "(more --workers than 4 would help while cores are free)")
+    assert epoch_line(2, steps=10, train_s=2.0, data_s=1.5, validation_s=None,
+                      checkpoint_s=None, workers=0).endswith(
+        "75% of the time (batches are built in the training process: --workers N would help)")
+    assert "bounds" not in epoch_line(2, steps=10, train_s=2.0, data_s=0.39, validation_s=None,
+                                      checkpoint_s=None, workers=4)

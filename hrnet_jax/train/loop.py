@@ -395,7 +395,7 @@ def _run_epochs(run: _Run, state_r: Any, stop: StopRequest) -> TrainResult:
         run.logger.info(logs.epoch_line(
             epoch, steps=steps, train_s=trained - started, data_s=meter.data_time.total,
             validation_s=validation_s, checkpoint_s=time.perf_counter() - saving if saved else None,
-            compiled=not compiled))
+            compiled=not compiled, workers=run.train_loader.workers))
     if evaluated_at != step and step > 0:
         # Resumed a finished run: report where it stands.
         evaluation = _validate(run, state_r, step)
