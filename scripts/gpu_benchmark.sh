@@ -33,7 +33,7 @@
 #             in one network call of 2N instead of two calls of N)         [60]
 #   unrolled  W32 bf16 train step with model.scan=none (compile and speed) [100]
 #   w48       HRNet-W48 bf16 train and eval+flip, scanned                  [120]
-#   data      scripts/bench_data.py at 16 workers on 1280x720 JPEGs          [50]
+#   data      scripts/bench_data.py at 8 and 16 workers on 1280x720 JPEGs    [50]
 #   scans     W32 bf16 train with model.scan=blocks and =modules           [200]
 # With 15 minutes of device time, two calls (each machine starts with a cold
 # cache): the default parts with BUDGET=540, then
@@ -154,7 +154,7 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
     unrolled) bench 100 w32_unrolled --configs hrnet_w32 --dtypes bf16 --only train \
                 --set model.scan=none ;;
     data)
-      part 50 "$PY" scripts/bench_data.py --root "$WORK/bench_data" --num 512 --workers 16 \
+      part 50 "$PY" scripts/bench_data.py --root "$WORK/bench_data" --num 512 --workers 8,16 \
         --batch 32 --image-size 1280x720
       ;;
     autotune)
