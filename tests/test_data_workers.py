@@ -65,6 +65,23 @@ class OpenCVThreads:
         return {"threads": np.int64(cv2.getNumThreads())}
 
 
+class MakeImagesAndMeta:
+    """Batch ``step`` -> a 1 MiB array of ``step`` and a small one, like images and metadata."""
+
+    def __call__(self, step):
+        return {"images": np.full(2**18, step, np.float32), "center": np.full(2, step, np.float64)}
+
+
+def memory_owner(array):
+    """What finally holds an array's bytes: 'mmap' (a mapped block), 'bytearray', ..."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return type(base).__name__
+
+
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("workers") / "synthetic")
@@ -109,6 +126,18 @@ def test_batches_come_out_in_order_and_equal_whatever_the_number_of_workers():
 def test_each_worker_runs_opencv_on_one_thread_the_workers_being_the_parallelism():
     with BatchWorkers(OpenCVThreads(), workers=2, prefetch=1, start=0, stop=2) as pool:
         assert [int(b["threads"]) for b in pool] == [1, 1]
+
+
+def test_large_arrays_are_read_in_place_and_small_ones_copied_so_metadata_pins_nothing():
+    with BatchWorkers(MakeImagesAndMeta(), workers=2, prefetch=1, start=0, stop=3) as pool:
+        batches = list(pool)
+        assert not shm_blocks(pool)  # every name is gone, the memory is still mapped
+    for step, batch in enumerate(batches):
+        assert memory_owner(batch["images"]) == "mmap"
+        assert memory_owner(batch["center"]) == "bytearray"
+        np.testing.assert_array_equal(batch["images"], np.full(2**18, step, np.float32))
+        np.testing.assert_array_equal(batch["center"], [step, step])
+        assert batch["images"].flags.writeable and batch["center"].flags.writeable
 
 
 def test_a_paused_consumer_has_at_most_workers_times_prefetch_batches_built_ahead(tmp_path):

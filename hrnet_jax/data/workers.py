@@ -19,8 +19,9 @@ worker that produces nothing for ``timeout_s`` raises :class:`WorkerTimeoutError
 
 Shared memory. A finished batch is pickled with its arrays out of band into a
 block named after the pool and the batch number; the consumer maps it,
-unlinks its name at once, and reads the arrays in place (the memory is freed
-with the last of them). Blocks of batches still in flight when the
+unlinks its name at once, and reads the large arrays in place (the memory is
+freed with the last of them; small arrays are copied, so that keeping the
+metadata of a batch does not keep its images). Blocks of batches still in flight when the
 pool closes (or a worker dies) are unlinked by name, so nothing is left behind
 in ``/dev/shm``. A process killed outright (SIGKILL, the out-of-memory killer)
 cannot do that; its blocks carry its process id in their names, and the next
@@ -193,8 +194,12 @@ def _pack(value: Any, name: str) -> tuple[str, int, list[tuple[int, int]]]:
     return name, len(header), layout
 
 
+# Arrays of at least this many bytes are read in place by the consumer; smaller ones are copied.
+_MAPPED_AT_LEAST = 1 << 16
+
+
 def _unpack(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
-    """The value written by :func:`_pack`, its arrays reading the block in place.
+    """The value written by :func:`_pack`, its large arrays reading the block in place.
 
     The block's name is unlinked at once; its memory stays mapped for as long
     as the arrays live, and is freed with the last of them. For a 32 MB batch
@@ -214,8 +219,11 @@ def _unpack(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
         # As SharedMemory.unlink does: the worker registered the block for cleanup.
         resource_tracker.unregister("/" + name, "shared_memory")
     view = memoryview(mapping)
-    return pickle.loads(view[:header_bytes],
-                        buffers=[view[start:start + size] for start, size in layout])
+    # Small arrays (the metadata) are copied, so that keeping one does not keep the
+    # whole batch's shared memory.
+    return pickle.loads(view[:header_bytes], buffers=[
+        view[start:start + size] if size >= _MAPPED_AT_LEAST else bytearray(view[start:start + size])
+        for start, size in layout])
 
 
 def _unpack_copy(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
