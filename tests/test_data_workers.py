@@ -140,6 +140,18 @@ def test_large_arrays_are_read_in_place_and_small_ones_copied_so_metadata_pins_n
         assert batch["images"].flags.writeable and batch["center"].flags.writeable
 
 
+def test_where_shared_memory_is_not_a_directory_batches_are_copied_out(monkeypatch):
+    monkeypatch.setattr(workers_module, "SHM_DIR", "/nonexistent/shm")
+    with BatchWorkers(MakeImagesAndMeta(), workers=2, prefetch=1, start=0, stop=3) as pool:
+        batches = list(pool)
+    monkeypatch.undo()
+    assert not shm_blocks(pool)
+    for step, batch in enumerate(batches):
+        assert memory_owner(batch["images"]) == "bytearray"
+        np.testing.assert_array_equal(batch["images"], np.full(2**18, step, np.float32))
+        np.testing.assert_array_equal(batch["center"], [step, step])
+
+
 def test_a_paused_consumer_has_at_most_workers_times_prefetch_batches_built_ahead(tmp_path):
     workers, prefetch = 2, 3
     with BatchWorkers(MakeArrays(str(tmp_path)), workers=workers, prefetch=prefetch,
