@@ -194,6 +194,11 @@ def _pack(value: Any, name: str) -> tuple[str, int, list[tuple[int, int]]]:
     return name, len(header), layout
 
 
+def _block_bytes(header_bytes: int, layout: list[tuple[int, int]]) -> int:
+    """The bytes a block written by :func:`_pack` uses: the pickle stream and every buffer."""
+    return max([header_bytes] + [start + size for start, size in layout])
+
+
 # Arrays of at least this many bytes are read in place by the consumer; smaller ones are copied.
 _MAPPED_AT_LEAST = 1 << 16
 
@@ -207,9 +212,9 @@ def _unpack(name: str, header_bytes: int, layout: list[tuple[int, int]]) -> Any:
     and 5.5 ms mapped. Where shared memory is not a directory of files (not
     Linux), the value is copied out instead.
     """
-    path = os.path.join(SHM_DIR, name)
     if not os.path.isdir(SHM_DIR):
         return _unpack_copy(name, header_bytes, layout)
+    path = os.path.join(SHM_DIR, name)
     fd = os.open(path, os.O_RDWR)
     try:
         mapping = mmap.mmap(fd, os.fstat(fd).st_size)
@@ -230,8 +235,7 @@ def _unpack_copy(name: str, header_bytes: int, layout: list[tuple[int, int]]) ->
     """:func:`_unpack` by copying the block into private memory, then unlinking it."""
     block = shared_memory.SharedMemory(name=name)
     try:
-        end = max([header_bytes] + [start + size for start, size in layout])
-        data = bytearray(block.buf[:end])
+        data = bytearray(block.buf[:_block_bytes(header_bytes, layout)])
     finally:
         block.close()
         block.unlink()
@@ -258,8 +262,7 @@ def _warn_if_shared_memory_is_small(payload: tuple[str, int, list[tuple[int, int
                                     waiting: int) -> None:
     """Warns when ``waiting`` batches like ``payload``'s, and those the consumer holds,
     may not fit in shared memory (where a full file system kills the writer with SIGBUS)."""
-    _, header_bytes, layout = payload
-    block = max([header_bytes] + [start + size for start, size in layout])
+    block = _block_bytes(*payload[1:])
     needed = (waiting + _HELD_BY_CONSUMER) * block
     size = shared_memory_size()
     if size is not None and needed > size:
