@@ -21,7 +21,7 @@ from hrnet_jax.forward import predict_heatmaps
 from hrnet_jax.losses import loss_from_config
 from hrnet_jax.metrics import pck_accuracy
 from hrnet_jax.models import build_model
-from hrnet_jax.parallel import AXIS, replicate, shard
+from hrnet_jax.parallel import AXIS, prefetch_to_devices, put_sharded, replicate, shard
 from hrnet_jax.workdir import RESULTS_FILE
 
 
@@ -128,18 +128,19 @@ def predict_dataset(eval_step: Callable, variables: Any, batches: Iterable, num_
     sums = {"loss_sum": 0.0, "count": 0.0, "acc_sum": 0.0, "acc_count": 0.0}
     pending = []
     bar = logs.progress(total_batches or 0, desc="valid") if show_progress else None
-    for images, target, target_weight, meta in batches:
-        valid = np.asarray(meta["valid"], bool)
-        outputs, batch_sums = eval_step(
-            variables, *shard((images, target, target_weight, meta["center"], meta["scale"],
-                               valid)))
-        # Keep the device busy: fetch the previous batch's results while this one runs.
-        pending.append((outputs["preds"], outputs["maxvals"], batch_sums,
-                        np.asarray(meta["index"]), valid))
-        if len(pending) > 1:
-            _collect(pending.pop(0), preds, filled, sums)
-        if bar is not None:
-            bar.update(1)
+    placed_batches = prefetch_to_devices(batches, _place_eval_batch)
+    try:
+        for arrays, (_, _, _, meta) in placed_batches:
+            outputs, batch_sums = eval_step(variables, *arrays)
+            # Keep the device busy: fetch the previous batch's results while this one runs.
+            pending.append((outputs["preds"], outputs["maxvals"], batch_sums,
+                            np.asarray(meta["index"]), np.asarray(meta["valid"], bool)))
+            if len(pending) > 1:
+                _collect(pending.pop(0), preds, filled, sums)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        placed_batches.close()
     while pending:
         _collect(pending.pop(0), preds, filled, sums)
     if bar is not None:
@@ -158,6 +159,15 @@ def predict_dataset(eval_step: Callable, variables: Any, batches: Iterable, num_
     loss = sums["loss_sum"] / max(sums["count"], 1.0)
     accuracy = sums["acc_sum"] / max(sums["acc_count"], 1.0)
     return preds, float(loss), float(accuracy)
+
+
+def _place_eval_batch(batch: Any) -> tuple[Any, ...]:
+    """The eval step's arguments after the variables, split over and placed on the local devices."""
+    images, target, target_weight, meta = batch
+    devices = jax.local_devices()
+    arrays = (images, target, target_weight, meta["center"], meta["scale"],
+              np.asarray(meta["valid"], bool))
+    return put_sharded(shard(arrays, len(devices)), devices)
 
 
 def _collect(item, preds, filled, sums) -> None:

@@ -6,7 +6,9 @@ arrays carry a leading device axis D.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -39,6 +41,69 @@ def put_sharded(tree: Any, devices: Sequence[Any] | None = None) -> Any:
     """Places arrays of shape (D, ...) on D devices, slice d on device d (as pmap expects)."""
     sharding = _device_axis_sharding(list(devices or jax.local_devices()))
     return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def prefetch_to_devices(batches: Iterable[Any], place: Callable[[Any], Any], *,
+                        size: int = 2) -> Iterator[tuple[Any, Any]]:
+    """Yields ``(place(batch), batch)`` for each of ``batches``, in order, with a
+    background thread reading and placing up to ``size`` batches ahead.
+
+    A step on a GPU holds the calling thread until its kernels are launched;
+    the thread fetches the next batch and copies it to the devices meanwhile,
+    so the loop waits only for batches not ready in time. An exception raised
+    while reading or placing is raised here, at the batch it concerns. Close
+    the generator (``contextlib.closing``) to stop early: the thread stops
+    after the batch it is reading and closes the iterator of ``batches``.
+    """
+    if size < 1:
+        raise ValueError(f"prefetch size must be >= 1, got {size}")
+    ready: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(batches)
+        try:
+            for batch in source:
+                if not hand_over((place(batch), batch)):
+                    return
+            hand_over(_END)
+        except BaseException as error:  # raised again in the consumer, at this batch
+            hand_over(_Failed(error))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="hrnet_jax device prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Measures hrnet_jax on one GPU and prints every figure as soon as it is taken.
 #
-#   bash scripts/gpu_benchmark.sh [PART ...]   (default: env w32 profile e2e warm)
+#   bash scripts/gpu_benchmark.sh [PART ...]   (default: env w32 cmdbuf unroll_xla e2e joined warm)
 #
 # Parts, in the order given, each bounded by its own time limit (seconds, in
-# brackets) and all together by BUDGET seconds (default 540): a part starts
+# brackets) and all together by BUDGET seconds (default 570): a part starts
 # only with 25 s or more left and gets at most what is left.
 #   env       versions and the device                                        [30]
 #   w32       HRNet-W32 256x256, batch 32, scanned: bf16 and fp32 train and
 #             eval+flip, compiled with a cold persistent cache (bf16 first:
 #             the allocator's peak is the process's, so bf16's is its own) [240]
+#   cmdbuf    W32 bf16 train and eval+flip with XLA's command buffers (CUDA
+#             graphs) extended to loops (+WHILE,+CONDITIONAL): the scanned
+#             step's loops then run on the device instead of being driven
+#             iteration by iteration from the host                          [120]
+#   unroll_xla  the same with XLA unrolling the loops itself
+#             (WHILE_LOOP_UNROLLING_FULL_UNROLL): traced and lowered as
+#             scanned, compiled as unrolled                               [150]
 #   profile   scripts/profile_step.py on the W32 bf16 train and eval+flip
 #             steps (from the cache the w32 part filled): device busy and
 #             idle time, kernels per step, the top ops and kernels         [100]
@@ -35,9 +42,12 @@
 #   w48       HRNet-W48 bf16 train and eval+flip, scanned                  [120]
 #   data      scripts/bench_data.py at 8 and 16 workers on 1280x720 JPEGs    [50]
 #   scans     W32 bf16 train with model.scan=blocks and =modules           [200]
+# cmdbuf and unroll_xla share the w32 part's cache, so their compile times
+# are with its convolutions' autotuning results at hand.
 # With 15 minutes of device time, two calls (each machine starts with a cold
-# cache): the default parts with BUDGET=540, then
-# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh env unrolled autotune joined llvm profile_cb quick w48 data`
+# cache): the default parts with BUDGET=570, then, at once (the machine stays
+# warm 30 s),
+# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh profile unrolled quick w48 autotune llvm data`
 # (the budget cuts the list where it runs out).
 #
 # Everything printed is the record; the benchmark's JSON, the training logs,
@@ -53,7 +63,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset JAX_COMPILATION_CACHE_DIR
 OUT=${OUT:-/tmp/hrnet_jax_gpu}
 WORK=${WORK:-/tmp/hrnet_jax_work}
-BUDGET=${BUDGET:-540}
+BUDGET=${BUDGET:-570}
 CACHE="$WORK/xla_cache"
 RESULTS="$WORK/results"
 mkdir -p "$OUT" "$WORK" "$RESULTS"
@@ -129,6 +139,14 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       profile 50 train --step train
       profile 50 eval --step eval
       ;;
+    cmdbuf)
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+        bench 120 w32_cmdbuf_while --configs hrnet_w32 --dtypes bf16 --set model.scan=all
+      ;;
+    unroll_xla)
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL" \
+        bench 150 w32_xla_unrolled --configs hrnet_w32 --dtypes bf16 --set model.scan=all
+      ;;
     profile_cb) profile 100 train_cb --step train --keep-command-buffers ;;
     warm) bench 80 w32_scan_warm --configs hrnet_w32 --dtypes bf16,fp32 --set model.scan=all ;;
     e2e)
@@ -173,12 +191,12 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       bench 100 w32_scan_blocks --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=blocks
       bench 100 w32_scan_modules --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=modules
       ;;
-    *) echo "unknown part $1 (env w32 profile profile_cb warm e2e quick autotune llvm joined unrolled w48 data scans)"
+    *) echo "unknown part $1 (env w32 cmdbuf unroll_xla profile profile_cb warm e2e quick autotune llvm joined unrolled w48 data scans)"
        return 2 ;;
   esac
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(env w32 profile e2e warm)
+[ ${#parts[@]} -eq 0 ] && parts=(env w32 cmdbuf unroll_xla e2e joined warm)
 for p in "${parts[@]}"; do run_part "$p"; done
 echo "=== $(date +%T) done after ${SECONDS} s; results in $OUT/results.tgz"

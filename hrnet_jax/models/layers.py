@@ -5,11 +5,13 @@ residual blocks, and nearest upsampling. Tensors are NHWC.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from hrnet_jax.models import cpu_convolution
 
@@ -87,27 +89,53 @@ class BatchNorm(nn.Module):
                                 INITIAL_CONSTANTS["mean"], jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.full, (features,),
                                INITIAL_CONSTANTS["var"], jnp.float32)
-        x32 = x.astype(jnp.float32)
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            count = 1
-            for a in axes:
-                count *= x.shape[a]
-            mean = jnp.mean(x32, axis=axes)
-            if self.axis_name is not None:
-                mean = jax.lax.pmean(mean, self.axis_name)
-                count = count * jax.lax.psum(1, self.axis_name)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-            if self.axis_name is not None:
-                var = jax.lax.pmean(var, self.axis_name)
-            if not self.is_initializing():
-                unbiased = var * (count / jnp.maximum(count - 1, 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-        return y.astype(self.dtype)
+        if not train:
+            y = (x.astype(jnp.float32) - ra_mean.value) * (
+                jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            return y.astype(self.dtype)
+        count = 1
+        for size in x.shape[:-1]:
+            count *= size
+        if self.axis_name is not None:
+            count = count * jax.lax.psum(1, self.axis_name)
+        y, mean, var = _train_batch_norm(x, scale, bias, self.epsilon, self.axis_name,
+                                         self.dtype)
+        if not self.is_initializing():
+            unbiased = var * (count / jnp.maximum(count - 1, 1))
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        return y
+
+
+_BN_STATISTICS = "batch_norm_statistics"
+
+
+@functools.partial(
+    jax.checkpoint, static_argnums=(3, 4, 5),
+    policy=jax.checkpoint_policies.save_only_these_names(_BN_STATISTICS))
+def _train_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                      axis_name: str | None, dtype: Any
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Normalises (..., C) ``x`` with its batch statistics, in float32; returns (y in
+    ``dtype``, mean (C,), biased variance (C,)).
+
+    The backward pass keeps only ``x``, in its own dtype, and the statistics,
+    and computes ``x - mean`` in float32 again: kept from the forward pass,
+    that float32 copy of every normalised tensor was most of a bfloat16 train
+    step's memory.
+    """
+    x32 = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x32, axis=axes)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    mean = checkpoint_name(mean, _BN_STATISTICS)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+    var = checkpoint_name(var, _BN_STATISTICS)
+    y = (x32 - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+    return y.astype(dtype), mean, var
 
 
 class ResidualBlock(nn.Module):

@@ -9,12 +9,10 @@ with the same step, optimizer state, learning rate and data order.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -29,7 +27,7 @@ from hrnet_jax.data.registry import prepare_dataset
 from hrnet_jax.evaluation import Evaluation, evaluate, make_eval_step
 from hrnet_jax.metrics import format_table
 from hrnet_jax.model_file import save_model
-from hrnet_jax.parallel import put_sharded, replicate, shard, unreplicate
+from hrnet_jax.parallel import prefetch_to_devices, put_sharded, replicate, shard, unreplicate
 from hrnet_jax.train.checkpoint import Checkpoints
 from hrnet_jax.train.preemption import StopRequest
 from hrnet_jax.train.state import (
@@ -67,18 +65,11 @@ class TrainResult:
     stopped_by: str | None = None
 
 
-def _prefetch(loader: Any, size: int = 2) -> Iterator[tuple[Any, Any]]:
-    """Yields (device arrays, host batch), keeping ``size`` batches on the devices ahead."""
+def _place_train_batch(batch: Any) -> Any:
+    """The batch's (input, target, target_weight), split over and placed on the local devices."""
+    images, target, target_weight, _ = batch
     devices = jax.local_devices()
-    queue: collections.deque = collections.deque()
-    for batch in loader:
-        images, target, target_weight, _ = batch
-        arrays = shard((images, target, target_weight), len(devices))
-        queue.append((put_sharded(arrays, devices), batch))
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    return put_sharded(shard((images, target, target_weight), len(devices)), devices)
 
 
 def _load_pretrained(cfg: Config, variables: dict, logger) -> dict:
@@ -307,9 +298,10 @@ def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest
     bar = logs.progress(per_epoch, step % per_epoch, f"epoch {epoch}") \
         if run.show_progress else None
     every = cfg.train.checkpoint_every_steps
+    batches = prefetch_to_devices(run.train_loader, _place_train_batch)
     try:
         t_fetch = time.perf_counter()
-        for arrays, batch in _prefetch(run.train_loader):
+        for arrays, batch in batches:
             data_seconds = time.perf_counter() - t_fetch
             state_r, metrics = run.train_step(state_r, *arrays, run.lr_boundaries)
             meter.add(metrics, data_seconds)
@@ -332,6 +324,7 @@ def _train_epoch(run: _Run, state_r: Any, step: int, stop: StopRequest
                 break
             t_fetch = time.perf_counter()
     finally:
+        batches.close()  # the background thread stops before the loader moves on
         if bar is not None:
             bar.close()
     run.flush(meter, step, step - epoch * per_epoch)
