@@ -293,21 +293,27 @@ def eval_case(cfg: Config, variables: Any, data: Mapping[str, Any], *,
                     make_eval_step(cfg, flip_test=flip_test), args, carry_first=False)
 
 
-def _time_case(case: StepCase, warmup: int, steps: int) -> _Timings:
+def _time_case(case: StepCase, warmup: int, steps: int,
+               log: Callable[[str], None] = lambda line: None) -> _Timings:
     """Lowers and compiles ``case.step``, times ``steps`` calls after ``warmup``, counts FLOPs.
 
-    The FLOPs are counted last, so the trace they need does not shorten the
-    timed tracing.
+    ``log`` hears of each phase as it ends, so that a slow compile or a slow
+    step shows which it is. The FLOPs are counted last, so the trace they need
+    does not shorten the timed tracing.
     """
     hits = cache_counts()["cache_hits"]
     t0 = time.perf_counter()
     lowered = case.step.lower(*case.args)
     t1 = time.perf_counter()
+    log(f"  traced and lowered in {t1 - t0:.1f} s; compiling")
     compiled = lowered.compile()
     t2 = time.perf_counter()
     cache_hit = cache_counts()["cache_hits"] > hits
+    log(f"  compiled in {t2 - t1:.1f} s{' (from the persistent cache)' if cache_hit else ''}; "
+        f"{warmup} warm-up call(s)")
     jax.block_until_ready((case.run(compiled, warmup), case.args))
     t3 = time.perf_counter()
+    log(f"  warm-up calls took {t3 - t2:.2f} s; timing {steps} call(s)")
     jax.block_until_ready((case.run(compiled, steps), case.args))
     t4 = time.perf_counter()
     return _Timings(trace_lower_s=t1 - t0, xla_compile_s=t2 - t1, cache_hit=cache_hit,
@@ -415,15 +421,15 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
         if train:
             log(f"{name} {dtype} train step: compiling and timing")
             case = train_case(cfg, variables, data)
-            records.append(_record(step=case.name, timings=_time_case(case, warmup, steps),
-                                   **common))
+            records.append(_record(step=case.name,
+                                   timings=_time_case(case, warmup, steps, log), **common))
             del case  # its state was donated; the loop's last state is dropped with it
             on_record(records[-1])
         if evaluate:
             case = eval_case(cfg, variables, data, flip_test=eval_flip)
             log(f"{name} {dtype} {case.name} step: compiling and timing")
-            records.append(_record(step=case.name, timings=_time_case(case, warmup, steps),
-                                   **common))
+            records.append(_record(step=case.name,
+                                   timings=_time_case(case, warmup, steps, log), **common))
             del case
             on_record(records[-1])
     return records

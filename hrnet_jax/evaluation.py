@@ -21,7 +21,7 @@ from hrnet_jax.forward import predict_heatmaps
 from hrnet_jax.losses import loss_from_config
 from hrnet_jax.metrics import pck_accuracy
 from hrnet_jax.models import build_model
-from hrnet_jax.parallel import AXIS, prefetch_to_devices, put_sharded, replicate, shard
+from hrnet_jax.parallel import AXIS, prefetch_to_devices, replicate, shard_to_devices
 from hrnet_jax.workdir import RESULTS_FILE
 
 
@@ -164,10 +164,8 @@ def predict_dataset(eval_step: Callable, variables: Any, batches: Iterable, num_
 def _place_eval_batch(batch: Any) -> tuple[Any, ...]:
     """The eval step's arguments after the variables, split over and placed on the local devices."""
     images, target, target_weight, meta = batch
-    devices = jax.local_devices()
-    arrays = (images, target, target_weight, meta["center"], meta["scale"],
-              np.asarray(meta["valid"], bool))
-    return put_sharded(shard(arrays, len(devices)), devices)
+    return shard_to_devices((images, target, target_weight, meta["center"], meta["scale"],
+                             np.asarray(meta["valid"], bool)))
 
 
 def _collect(item, preds, filled, sums) -> None:

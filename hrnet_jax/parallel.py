@@ -43,6 +43,13 @@ def put_sharded(tree: Any, devices: Sequence[Any] | None = None) -> Any:
     return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
+def shard_to_devices(batch: Any) -> Any:
+    """Splits the leading axis of every array over the local devices and places slice d
+    on device d: a host batch of (B, ...) arrays becomes what pmap takes, (D, B / D, ...)."""
+    devices = jax.local_devices()
+    return put_sharded(shard(batch, len(devices)), devices)
+
+
 class _Failed:
     def __init__(self, error: BaseException) -> None:
         self.error = error

@@ -1,6 +1,7 @@
 """The throughput benchmark: records, table and JSON of a tiny run, and its flag checks."""
 
 import json
+import re
 
 import pytest
 
@@ -11,11 +12,27 @@ from hrnet_jax import benchmark
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("benchmark") / "out" / "bench.json"
+    LOG.clear()
     records = benchmark.run_benchmark(
         "hrnet_w8", batch_size=2, dtypes="fp32", steps=1, warmup=1, image_size=64,
-        overrides=SHALLOW_OVERRIDES)
+        overrides=SHALLOW_OVERRIDES, log=LOG.append)
     benchmark.write_json(str(path), records)
     return records, json.loads(path.read_text())
+
+
+LOG: list[str] = []
+
+
+def test_each_phase_of_a_measurement_is_logged_as_it_ends(tiny_run):
+    # A compile that takes minutes and a slow step must be told apart while they run.
+    phases = [r"hrnet_w8 float32 {step} step: compiling and timing",
+              r"  traced and lowered in \d+\.\d s; compiling",
+              r"  compiled in \d+\.\d s( \(from the persistent cache\))?; 1 warm-up call\(s\)",
+              r"  warm-up calls took \d+\.\d\d s; timing 1 call\(s\)"]
+    expected = [p.format(step=step) for step in ("train", "eval\\+flip") for p in phases]
+    assert len(LOG) == len(expected), LOG
+    for line, pattern in zip(LOG, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
 
 
 def test_tiny_run_times_the_train_and_flip_eval_steps(tiny_run):

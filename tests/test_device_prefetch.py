@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from hrnet_jax.parallel import prefetch_to_devices
+from hrnet_jax.parallel import prefetch_to_devices, shard_to_devices
 
 THREAD_NAME = "hrnet_jax device prefetch"
 
@@ -96,3 +96,15 @@ def test_closing_early_stops_the_thread_and_closes_the_source():
 def test_a_size_below_one_is_refused():
     with pytest.raises(ValueError, match="prefetch size must be >= 1, got 0"):
         next(prefetch_to_devices(range(3), lambda b: b, size=0))
+
+
+def test_shard_to_devices_puts_consecutive_rows_of_the_batch_on_each_device():
+    import jax
+
+    devices = jax.local_devices()
+    batch = np.arange(2 * len(devices) * 3, dtype=np.float32).reshape(2 * len(devices), 3)
+    placed = shard_to_devices({"x": batch})["x"]
+    assert placed.shape == (len(devices), 2, 3)
+    for d, shard in enumerate(sorted(placed.addressable_shards, key=lambda s: s.index[0].start)):
+        assert shard.device == devices[d]
+        np.testing.assert_array_equal(np.asarray(shard.data)[0], batch[2 * d:2 * d + 2])

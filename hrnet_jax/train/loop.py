@@ -27,7 +27,7 @@ from hrnet_jax.data.registry import prepare_dataset
 from hrnet_jax.evaluation import Evaluation, evaluate, make_eval_step
 from hrnet_jax.metrics import format_table
 from hrnet_jax.model_file import save_model
-from hrnet_jax.parallel import prefetch_to_devices, put_sharded, replicate, shard, unreplicate
+from hrnet_jax.parallel import prefetch_to_devices, replicate, shard_to_devices, unreplicate
 from hrnet_jax.train.checkpoint import Checkpoints
 from hrnet_jax.train.preemption import StopRequest
 from hrnet_jax.train.state import (
@@ -68,8 +68,7 @@ class TrainResult:
 def _place_train_batch(batch: Any) -> Any:
     """The batch's (input, target, target_weight), split over and placed on the local devices."""
     images, target, target_weight, _ = batch
-    devices = jax.local_devices()
-    return put_sharded(shard((images, target, target_weight), len(devices)), devices)
+    return shard_to_devices((images, target, target_weight))
 
 
 def _load_pretrained(cfg: Config, variables: dict, logger) -> dict:
