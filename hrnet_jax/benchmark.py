@@ -294,12 +294,16 @@ def eval_case(cfg: Config, variables: Any, data: Mapping[str, Any], *,
 
 
 def _time_case(case: StepCase, warmup: int, steps: int,
-               log: Callable[[str], None] = lambda line: None) -> _Timings:
+               log: Callable[[str], None] = lambda line: None,
+               hlo_path: str | None = None) -> _Timings:
     """Lowers and compiles ``case.step``, times ``steps`` calls after ``warmup``, counts FLOPs.
 
     ``log`` hears of each phase as it ends, so that a slow compile or a slow
-    step shows which it is. The FLOPs are counted last, so the trace they need
-    does not shorten the timed tracing.
+    step shows which it is. With ``hlo_path`` the compiled program's optimised
+    HLO (XLA's fusions, loops and kernels as the backend will run them; also
+    for a program loaded from the persistent cache) is written there. The
+    FLOPs are counted last, so the trace they need does not shorten the timed
+    tracing.
     """
     hits = cache_counts()["cache_hits"]
     t0 = time.perf_counter()
@@ -311,6 +315,10 @@ def _time_case(case: StepCase, warmup: int, steps: int,
     cache_hit = cache_counts()["cache_hits"] > hits
     log(f"  compiled in {t2 - t1:.1f} s{' (from the persistent cache)' if cache_hit else ''}; "
         f"{warmup} warm-up call(s)")
+    if hlo_path is not None:
+        os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
     jax.block_until_ready((case.run(compiled, warmup), case.args))
     t3 = time.perf_counter()
     log(f"  warm-up calls took {t3 - t2:.2f} s; timing {steps} call(s)")
@@ -321,6 +329,11 @@ def _time_case(case: StepCase, warmup: int, steps: int,
                     program_bytes=program_bytes(compiled), device_peak_bytes=device_peak_bytes())
 
 
+def _scan_name(cfg: Config) -> str:
+    """The ``model.scan`` mode the config resolves to (``"auto"`` named as what it picks)."""
+    return next(k for k, v in SCAN_MODES.items() if v == scan_mode(cfg.model.scan))
+
+
 def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps: int,
             timings: _Timings, peak: Peak) -> BenchmarkRecord:
     loop_s, flops_per_device = timings.loop_s, timings.flops_per_device
@@ -329,7 +342,7 @@ def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps
     tflops = None if flops is None else flops * steps / loop_s / 1e12
     mfu = (None if tflops is None or peak.tflops_per_device is None
            else tflops / (peak.tflops_per_device * devices))
-    scan = next(k for k, v in SCAN_MODES.items() if v == scan_mode(cfg.model.scan))
+    scan = _scan_name(cfg)
     return BenchmarkRecord(
         config=name, dtype=cfg.model.dtype, scan=scan, step=step,
         image_size=tuple(cfg.model.image_size),
@@ -380,8 +393,8 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
                   train: bool = True, evaluate: bool = True, seed: int = 0,
                   overrides: Sequence[str] | Mapping[str, Any] = (),
                   log: Callable[[str], None] | None = None,
-                  on_record: Callable[[BenchmarkRecord], None] | None = None
-                  ) -> list[BenchmarkRecord]:
+                  on_record: Callable[[BenchmarkRecord], None] | None = None,
+                  hlo_dir: str | None = None) -> list[BenchmarkRecord]:
     """Times the train and eval steps of each config and dtype on all local devices.
 
     Args:
@@ -398,8 +411,11 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
       overrides: config fields to change in every config, as ``--set`` takes them
         (``["model.stage3.num_modules=1"]``); sizes, dtype and batch come from the
         arguments above.
-      log: called with a line as each measurement starts.
+      log: called with a line as each measurement starts and as each of its
+        phases (lowering, compiling, warming up) ends.
       on_record: called with each record as soon as it is measured.
+      hlo_dir: write each compiled program's optimised HLO here, as
+        ``<config>_<dtype>_<scan>_<step>.hlo.txt`` (``eval+flip`` as ``eval_flip``).
 
     Returns:
       One :class:`BenchmarkRecord` per config, dtype and step function, in that order.
@@ -418,18 +434,25 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
         common = dict(name=name, cfg=cfg, batch=batch_size, warmup=warmup, steps=steps, peak=peak)
         variables = init_variables(cfg, jax.random.key(seed))
         data = synthetic_batch(cfg, batch_size, seed + 1)
+
+        def hlo_path(step: str, name=name, dtype=dtype, cfg=cfg) -> str | None:
+            if hlo_dir is None:
+                return None
+            step = step.replace("+", "_")  # eval+flip: file names of plain characters
+            return os.path.join(hlo_dir, f"{name}_{dtype}_{_scan_name(cfg)}_{step}.hlo.txt")
+
         if train:
             log(f"{name} {dtype} train step: compiling and timing")
             case = train_case(cfg, variables, data)
-            records.append(_record(step=case.name,
-                                   timings=_time_case(case, warmup, steps, log), **common))
+            records.append(_record(step=case.name, timings=_time_case(
+                case, warmup, steps, log, hlo_path(case.name)), **common))
             del case  # its state was donated; the loop's last state is dropped with it
             on_record(records[-1])
         if evaluate:
             case = eval_case(cfg, variables, data, flip_test=eval_flip)
             log(f"{name} {dtype} {case.name} step: compiling and timing")
-            records.append(_record(step=case.name,
-                                   timings=_time_case(case, warmup, steps, log), **common))
+            records.append(_record(step=case.name, timings=_time_case(
+                case, warmup, steps, log, hlo_path(case.name)), **common))
             del case
             on_record(records[-1])
     return records

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE",
                         help="override a config field in every config (repeatable)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the records here")
+    parser.add_argument("--hlo-dir", default=None, metavar="DIR",
+                        help="write each compiled program's optimised HLO (XLA's fusions and "
+                             "loops) here, also for programs from the persistent cache")
     parser.add_argument("--compilation-cache", default="none", metavar="DIR",
                         help="JAX's persistent compilation cache directory ('none': off, the "
                              "default, so compile times are cold)")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     records = benchmark.run_benchmark(
         args.configs, eval_flip=args.eval_flip, train=args.only != "eval",
         evaluate=args.only != "train", log=lambda line: print(line, file=sys.stderr, flush=True),
-        on_record=on_record, **options)
+        on_record=on_record, hlo_dir=args.hlo_dir, **options)
     print(benchmark.format_table(records))
     if args.json:
         print(f"=> wrote {args.json}")

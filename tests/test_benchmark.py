@@ -11,16 +11,28 @@ from hrnet_jax import benchmark
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    global HLO_DIR
     path = tmp_path_factory.mktemp("benchmark") / "out" / "bench.json"
+    HLO_DIR = path.parent / "hlo"
     LOG.clear()
     records = benchmark.run_benchmark(
         "hrnet_w8", batch_size=2, dtypes="fp32", steps=1, warmup=1, image_size=64,
-        overrides=SHALLOW_OVERRIDES, log=LOG.append)
+        overrides=SHALLOW_OVERRIDES, log=LOG.append, hlo_dir=str(HLO_DIR))
     benchmark.write_json(str(path), records)
     return records, json.loads(path.read_text())
 
 
+def test_each_compiled_program_is_written_as_optimised_hlo(tiny_run):
+    hlo = HLO_DIR
+    names = sorted(p.name for p in hlo.iterdir())
+    assert names == ["hrnet_w8_float32_all_eval_flip.hlo.txt", "hrnet_w8_float32_all_train.hlo.txt"]
+    for name in names:
+        text = (hlo / name).read_text()
+        assert text.startswith("HloModule ") and "ENTRY " in text and "fusion" in text
+
+
 LOG: list[str] = []
+HLO_DIR = None  # where the tiny run wrote its programs
 
 
 def test_each_phase_of_a_measurement_is_logged_as_it_ends(tiny_run):
