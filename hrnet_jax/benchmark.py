@@ -319,9 +319,10 @@ def _time_case(case: StepCase, warmup: int, steps: int,
         os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
         with open(hlo_path, "w") as f:
             f.write(compiled.as_text())
+    t_warm = time.perf_counter()  # after the HLO is written: that is no call's time
     jax.block_until_ready((case.run(compiled, warmup), case.args))
     t3 = time.perf_counter()
-    log(f"  warm-up calls took {t3 - t2:.2f} s; timing {steps} call(s)")
+    log(f"  warm-up calls took {t3 - t_warm:.2f} s; timing {steps} call(s)")
     jax.block_until_ready((case.run(compiled, steps), case.args))
     t4 = time.perf_counter()
     return _Timings(trace_lower_s=t1 - t0, xla_compile_s=t2 - t1, cache_hit=cache_hit,
