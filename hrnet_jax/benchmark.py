@@ -36,8 +36,9 @@ from hrnet_jax.compilation import cache_counts
 from hrnet_jax.config import Config, get_config, override
 from hrnet_jax.evaluation import make_eval_step
 from hrnet_jax.flop_count import function_flops
-from hrnet_jax.models.scan import SCAN_MODES, scan_mode
+from hrnet_jax.models.scan import scan_name
 from hrnet_jax.parallel import replicate
+from hrnet_jax.program_census import census as program_census
 from hrnet_jax.train.state import create_train_state, init_variables, lr_boundaries
 from hrnet_jax.train.steps import make_train_step
 
@@ -107,6 +108,11 @@ class BenchmarkRecord:
     program_bytes: int | None
     # The allocator's peak on device 0 so far in this process (accelerators only).
     device_peak_bytes: int | None
+    # Operations (kernels, copies, loop slices) the compiled program runs per call,
+    # a loop's body counted once per iteration (hrnet_jax.program_census), and the
+    # loop iterations it runs: on a GPU each operation is a launch.
+    ops_per_step: int | None
+    loop_iterations: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,6 +234,8 @@ class _Timings:
     flops_source: str
     program_bytes: int | None
     device_peak_bytes: int | None
+    ops_per_step: int | None
+    loop_iterations: int | None
 
 
 def program_bytes(compiled: Any) -> int | None:
@@ -315,10 +323,16 @@ def _time_case(case: StepCase, warmup: int, steps: int,
     cache_hit = cache_counts()["cache_hits"] > hits
     log(f"  compiled in {t2 - t1:.1f} s{' (from the persistent cache)' if cache_hit else ''}; "
         f"{warmup} warm-up call(s)")
+    hlo_text = compiled.as_text() or ""
     if hlo_path is not None:
         os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
         with open(hlo_path, "w") as f:
-            f.write(compiled.as_text())
+            f.write(hlo_text)
+    try:
+        ops = program_census(hlo_text)
+    except ValueError as error:  # a count is not worth a lost measurement
+        log(f"  (operations not counted: {error})")
+        ops = None
     t_warm = time.perf_counter()  # after the HLO is written: that is no call's time
     jax.block_until_ready((case.run(compiled, warmup), case.args))
     t3 = time.perf_counter()
@@ -327,12 +341,9 @@ def _time_case(case: StepCase, warmup: int, steps: int,
     t4 = time.perf_counter()
     return _Timings(trace_lower_s=t1 - t0, xla_compile_s=t2 - t1, cache_hit=cache_hit,
                     loop_s=t4 - t3, flops_per_device=case.flops(), flops_source=FLOPS_SOURCE,
-                    program_bytes=program_bytes(compiled), device_peak_bytes=device_peak_bytes())
-
-
-def _scan_name(cfg: Config) -> str:
-    """The ``model.scan`` mode the config resolves to (``"auto"`` named as what it picks)."""
-    return next(k for k, v in SCAN_MODES.items() if v == scan_mode(cfg.model.scan))
+                    program_bytes=program_bytes(compiled), device_peak_bytes=device_peak_bytes(),
+                    ops_per_step=None if ops is None else ops.operations,
+                    loop_iterations=None if ops is None else ops.loop_iterations)
 
 
 def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps: int,
@@ -343,7 +354,7 @@ def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps
     tflops = None if flops is None else flops * steps / loop_s / 1e12
     mfu = (None if tflops is None or peak.tflops_per_device is None
            else tflops / (peak.tflops_per_device * devices))
-    scan = _scan_name(cfg)
+    scan = scan_name(cfg.model.scan)
     return BenchmarkRecord(
         config=name, dtype=cfg.model.dtype, scan=scan, step=step,
         image_size=tuple(cfg.model.image_size),
@@ -357,6 +368,7 @@ def _record(*, name: str, cfg: Config, step: str, batch: int, warmup: int, steps
         flops_per_step=flops, flops_source=timings.flops_source, tflops_per_s=tflops,
         peak_tflops_per_device=peak.tflops_per_device, peak_source=peak.source, mfu=mfu,
         program_bytes=timings.program_bytes, device_peak_bytes=timings.device_peak_bytes,
+        ops_per_step=timings.ops_per_step, loop_iterations=timings.loop_iterations,
     )
 
 
@@ -440,7 +452,7 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
             if hlo_dir is None:
                 return None
             step = step.replace("+", "_")  # eval+flip: file names of plain characters
-            return os.path.join(hlo_dir, f"{name}_{dtype}_{_scan_name(cfg)}_{step}.hlo.txt")
+            return os.path.join(hlo_dir, f"{name}_{dtype}_{scan_name(cfg.model.scan)}_{step}.hlo.txt")
 
         if train:
             log(f"{name} {dtype} train step: compiling and timing")
@@ -474,7 +486,7 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
     header = (f"{first.device_count} x {first.device_kind}, jax {jax.__version__}, "
               f"{first.warmup_steps} warm-up + {first.timed_steps} timed steps")
     columns = ("config", "dtype", "scan", "step", "image", "batch", "compile s", "step ms",
-               "images/s", "GFLOP/img", "TFLOP/s", "MFU", "GiB", "peak GiB")
+               "images/s", "GFLOP/img", "TFLOP/s", "MFU", "GiB", "peak GiB", "ops/step")
     rows = [_row(r) for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     lines = [header, "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
@@ -488,7 +500,8 @@ def format_table(records: Sequence[BenchmarkRecord]) -> str:
                  "batch = per device x devices; FLOPs = model FLOPs, the step's "
                  "convolutions and matrix products; GiB = XLA's buffers for one device "
                  "(arguments, outputs, temporaries); peak GiB = the "
-                 "device allocator's peak so far in the process")
+                 "device allocator's peak so far in the process; ops/step = the operations "
+                 "(kernels, copies) the compiled step runs, each loop's once per iteration")
     return "\n".join(lines)
 
 
@@ -504,18 +517,19 @@ def _row(r: BenchmarkRecord) -> tuple[str, ...]:
         f"{r.compile_s:.1f}" + ("*" if r.cache_hit else ""), f"{r.step_ms:.1f}",
         f"{r.images_per_s:.2f}", _fmt(gflop_per_image, ".2f"), _fmt(r.tflops_per_s, ".3f"),
         "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%", _gib(r.program_bytes),
-        _gib(r.device_peak_bytes),
+        _gib(r.device_peak_bytes), _fmt(r.ops_per_step, ",d"),
     )
 
 
 def format_record(r: BenchmarkRecord) -> str:
     """One record on one line, as it is measured."""
     (config, dtype, scan, step, image, batch, compile_s, step_ms, images_per_s, gflop, tflops,
-     mfu, gib, peak) = _row(r)
+     mfu, gib, peak, ops) = _row(r)
     return (f"{config} {dtype} scan={scan} {step} {image} batch {batch}: compile {compile_s} s "
             f"(trace+lower {r.trace_lower_s:.1f} s), {step_ms} ms/step, {images_per_s} images/s, "
             f"{tflops} TFLOP/s, MFU {mfu}, XLA buffers {gib} GiB, device peak {peak}"
-            + ("" if r.device_peak_bytes is None else " GiB"))
+            + ("" if r.device_peak_bytes is None else " GiB")
+            + f", {ops} ops/step in {_fmt(r.loop_iterations, 'd')} loop iterations")
 
 
 def to_json(records: Sequence[BenchmarkRecord]) -> dict[str, Any]:

@@ -52,12 +52,11 @@ def device_summary() -> str:
 
 
 def describe_step(kind: str, cfg: Any, batch: int) -> str:
-    """``'train step (HRNet-W32 256x256, batch 32, bfloat16, scan all)'`` for the logs."""
-    from hrnet_jax.models.scan import SCAN_MODES, scan_mode
+    """``'train step (HRNet-W32 256x256, batch 32, bfloat16, scan blocks)'`` for the logs."""
+    from hrnet_jax.models.scan import scan_name
 
     model = cfg.model
-    blocks_modules = scan_mode(model.scan)
-    scan = next(k for k, v in SCAN_MODES.items() if v == blocks_modules)
+    scan = scan_name(model.scan)
     width, height = model.image_size
     return (f"{kind} (HRNet-W{model.stage2.num_channels[0]} {width}x{height}, batch {batch}, "
             f"{model.dtype}, scan {scan})")

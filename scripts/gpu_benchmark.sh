@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Measures hrnet_jax on one GPU and prints every figure as soon as it is taken.
 #
-#   bash scripts/gpu_benchmark.sh [PART ...]   (default: env w32 cmdbuf unroll_xla e2e joined warm)
+#   bash scripts/gpu_benchmark.sh [PART ...]   (default: env w32 scans graph1 cmdbuf e2e warm)
 #
 # Parts, in the order given, each bounded by its own time limit (seconds, in
 # brackets) and all together by BUDGET seconds (default 570): a part starts
 # only with 25 s or more left and gets at most what is left.
 #   env       versions and the device                                        [30]
-#   w32       HRNet-W32 256x256, batch 32, scanned: bf16 and fp32 train and
-#             eval+flip, compiled with a cold persistent cache (bf16 first:
-#             the allocator's peak is the process's, so bf16's is its own) [240]
+#   w32       HRNet-W32 256x256, batch 32, as configured by default (each
+#             branch's blocks scanned): bf16 and fp32 train and eval+flip,
+#             compiled with a cold persistent cache (bf16 first: the
+#             allocator's peak is the process's, so bf16's is its own)    [240]
+#   scans     W32 bf16 train and eval+flip with the modules scanned too
+#             (model.scan=all, the default until 2026-11-27: nested loops),
+#             then the train step with only the modules scanned   [150 + 100]
+#   graph1    W32 bf16 train and eval+flip with XLA forming a command buffer
+#             (CUDA graph) of every run of capturable kernels, however short
+#             (--xla_gpu_graph_min_graph_size=1; the default is 5): the
+#             kernels between two convolutions are then one launch         [120]
 #   cmdbuf    W32 bf16 train and eval+flip with XLA's command buffers (CUDA
 #             graphs) extended to loops (+WHILE,+CONDITIONAL): the scanned
 #             step's loops then run on the device instead of being driven
@@ -40,15 +48,14 @@
 #   joined    W32 bf16 eval+flip with test.join_mirrors=true (image and mirror
 #             in one network call of 2N instead of two calls of N)         [60]
 #   unrolled  W32 bf16 train step with model.scan=none (compile and speed) [100]
-#   w48       HRNet-W48 bf16 train and eval+flip, scanned                  [120]
+#   w48       HRNet-W48 bf16 train and eval+flip                           [120]
 #   data      scripts/bench_data.py at 8 and 16 workers on 1280x720 JPEGs    [50]
-#   scans     W32 bf16 train with model.scan=blocks and =modules           [200]
-# cmdbuf and unroll_xla share the w32 part's cache, so their compile times
-# are with its convolutions' autotuning results at hand.
+# scans, graph1, cmdbuf and unroll_xla share the w32 part's cache, so their
+# compile times are with its convolutions' autotuning results at hand.
 # With 15 minutes of device time, two calls (each machine starts with a cold
 # cache): the default parts with BUDGET=570, then, at once (the machine stays
 # warm 30 s),
-# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh profile unrolled quick w48 autotune llvm data`
+# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh profile unrolled quick w48 autotune llvm data unroll_xla joined`
 # (the budget cuts the list where it runs out).
 #
 # Everything printed is the record; the benchmark's JSON, the training logs,
@@ -116,7 +123,7 @@ profile() {  # profile LIMIT NAME ARGS...: the W32 bf16 step, scanned, from the 
   local limit=$1 name=$2
   shift 2
   part "$limit" "$PY" scripts/profile_step.py --config hrnet_w32 --dtype bf16 --batch-size 32 \
-    --steps 5 --warmup 2 --set model.scan=all --top 30 --compilation-cache "$CACHE" \
+    --steps 5 --warmup 2 --top 30 --compilation-cache "$CACHE" \
     --logdir "$WORK/profile_$name" "$@"
   local trace
   trace=$(find "$WORK/profile_$name" -name 'perfetto_trace.json.gz' -size -5M 2>/dev/null | head -1)
@@ -135,27 +142,27 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv || true
       nproc
       ;;
-    w32) bench 240 w32_scan_cold --configs hrnet_w32 --dtypes bf16,fp32 --set model.scan=all ;;
+    w32) bench 240 w32_cold --configs hrnet_w32 --dtypes bf16,fp32 ;;
     profile)
       profile 50 train --step train
       profile 50 eval --step eval
       ;;
     cmdbuf)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
-        bench 120 w32_cmdbuf_while --configs hrnet_w32 --dtypes bf16 --set model.scan=all
+        bench 120 w32_cmdbuf_while --configs hrnet_w32 --dtypes bf16
       ;;
     unroll_xla)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL" \
-        bench 150 w32_xla_unrolled --configs hrnet_w32 --dtypes bf16 --set model.scan=all \
+        bench 150 w32_xla_unrolled --configs hrnet_w32 --dtypes bf16 \
           --hlo-dir "$RESULTS/hlo_unroll_xla"
       ;;
     profile_cb) profile 100 train_cb --step train --keep-command-buffers ;;
-    warm) bench 80 w32_scan_warm --configs hrnet_w32 --dtypes bf16,fp32 --set model.scan=all \
+    warm) bench 80 w32_warm --configs hrnet_w32 --dtypes bf16,fp32 \
             --hlo-dir "$RESULTS/hlo" ;;
     e2e)
       part 150 "$PY" scripts/train.py --config hrnet_w32 --bf16 --dataset synthetic \
         --data-root "$WORK/synthetic_1280x720" --workdir "$WORK/e2e" --epochs 3 --workers 14 \
-        --no-progress --compilation-cache "$CACHE" --set model.scan=all --set print_freq=10 \
+        --no-progress --compilation-cache "$CACHE" --set print_freq=10 \
         --set dataset.synthetic_image_size=1280,720 --set dataset.synthetic_num_train=960 \
         --set dataset.synthetic_num_valid=64
       cp "$WORK/e2e/train.log" "$RESULTS/e2e_train.log" 2>/dev/null
@@ -169,9 +176,9 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       kill "$watcher" 2>/dev/null
       cp "$WORK/quick/train.log" "$RESULTS/quick_train.log" 2>/dev/null
       ;;
-    w48) bench 120 w48_scan --configs hrnet_w48 --dtypes bf16 --set model.scan=all ;;
+    w48) bench 120 w48 --configs hrnet_w48 --dtypes bf16 ;;
     joined) bench 60 w32_eval_joined --configs hrnet_w32 --dtypes bf16 --only eval \
-              --set model.scan=all --set test.join_mirrors=true ;;
+              --set test.join_mirrors=true ;;
     unrolled) bench 100 w32_unrolled --configs hrnet_w32 --dtypes bf16 --only train \
                 --set model.scan=none ;;
     data)
@@ -182,24 +189,28 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       # XLA's autotuning tries several kernels for every convolution while compiling:
       # level 0 turns it off. A cache of its own, so both compiles are cold.
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" CACHE="$WORK/xla_cache_autotune0" \
-        bench 100 w32_autotune0 --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=all
+        bench 100 w32_autotune0 --configs hrnet_w32 --dtypes bf16 --only train
       ;;
     llvm)
       # JAX's "all" XLA caches: the kernel cache, and LLVM modules compiled in parallel.
       JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all CACHE="$WORK/xla_cache_all" \
         bench 100 w32_xla_caches_all --configs hrnet_w32 --dtypes bf16 --only train \
-        --set model.scan=all
+       
       ;;
     scans)
-      bench 100 w32_scan_blocks --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=blocks
+      bench 150 w32_scan_all --configs hrnet_w32 --dtypes bf16 --set model.scan=all
       bench 100 w32_scan_modules --configs hrnet_w32 --dtypes bf16 --only train --set model.scan=modules
       ;;
-    *) echo "unknown part $1 (env w32 cmdbuf unroll_xla profile profile_cb warm e2e quick autotune llvm joined unrolled w48 data scans)"
+    graph1)
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_graph_min_graph_size=1" \
+        bench 120 w32_graph_min_size_1 --configs hrnet_w32 --dtypes bf16
+      ;;
+    *) echo "unknown part $1 (env w32 scans graph1 cmdbuf unroll_xla profile profile_cb warm e2e quick autotune llvm joined unrolled w48 data)"
        return 2 ;;
   esac
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(env w32 cmdbuf unroll_xla e2e joined warm)
+[ ${#parts[@]} -eq 0 ] && parts=(env w32 scans graph1 cmdbuf e2e warm)
 for p in "${parts[@]}"; do run_part "$p"; done
 echo "=== $(date +%T) done after ${SECONDS} s; results in $OUT/results.tgz"

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.get("XLA_FLAGS"), "--xla_enable_command_buffers_during_profiling=true")))
 
     from hrnet_jax import benchmark, cli
-    from hrnet_jax.models.scan import SCAN_MODES, scan_mode
+    from hrnet_jax.models.scan import scan_name
 
     if "," in args.config:
         parser.error(f"--config: one config at a time, got {args.config!r}")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         (((name, dtype), cfg),) = benchmark.plan_benchmark(
             args.config, batch_size=args.batch_size, dtypes=args.dtype, steps=args.steps,
             warmup=args.warmup, image_size=args.image_size, overrides=args.overrides).items()
-        scan = next(k for k, v in SCAN_MODES.items() if v == scan_mode(cfg.model.scan))
+        scan = scan_name(cfg.model.scan)
     except ValueError as e:
         parser.error(str(e))
     cli.enable_compilation_cache(args.compilation_cache)

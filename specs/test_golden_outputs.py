@@ -41,8 +41,9 @@ CONFIGS = {
     ]),
 }
 NAMES = list(CONFIGS)
-# The unrolled network, and the one whose repeated blocks and modules run as lax.scan.
-SCANS = ["none", "all"]
+# The unrolled network, the default one whose repeated blocks run as lax.scan, and
+# the one whose repeated modules are scanned too.
+SCANS = ["none", "blocks", "all"]
 CASES = [(name, scan) for name in NAMES for scan in SCANS]
 
 

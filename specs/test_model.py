@@ -490,8 +490,9 @@ def test_batchnorm_training_keeps_only_its_input_in_its_own_dtype_for_the_backwa
                           mutable=["batch_stats"])
         return jnp.sum(out.astype(jnp.float32))
 
-    jax.ad_checkpoint.print_saved_residuals(objective, jnp.ones((4, 8, 8, 16), jnp.bfloat16),
-                                            params)
+    from jax.ad_checkpoint import print_saved_residuals
+
+    print_saved_residuals(objective, jnp.ones((4, 8, 8, 16), jnp.bfloat16), params)
     saved = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()]
     assert sorted(saved) == ["bf16[4,8,8,16]", "f32[16]", "f32[16]", "f32[16]"], saved
 
@@ -509,6 +510,33 @@ def test_synchronised_batchnorm_pools_statistics_over_the_named_axis():
                                rtol=1e-6)
     np.testing.assert_allclose(updates["batch_stats"]["mean"], [[0.3], [0.3]], rtol=1e-6)
     np.testing.assert_allclose(updates["batch_stats"]["var"], [[0.9 + 0.1 * 14 / 3]] * 2,
+                               rtol=1e-6)
+
+
+def test_synchronised_batchnorm_gradients_are_those_of_the_pooled_batch():
+    # Two "devices" holding [1, 2] and [3, 6] normalise as one batch [1, 2, 3, 6]: each
+    # input's gradient is the one-device formula over the pooled batch, while d scale
+    # and d bias sum over each device's own half (the train step averages them after).
+    bn = BatchNorm(axis_name="batch")
+    stats = {"mean": jnp.zeros(1), "var": jnp.ones(1)}
+    params = {"scale": jnp.array([2.0]), "bias": jnp.array([0.5])}
+    x = jnp.array([[1.0, 2.0], [3.0, 6.0]]).reshape(2, 2, 1, 1, 1)
+    weights = jnp.array([[1.0, 0.0], [0.0, 2.0]]).reshape(2, 2, 1, 1, 1)  # g
+
+    def objective(x, params, weights):
+        out, _ = bn.apply({"params": params, "batch_stats": stats}, x, train=True,
+                          mutable=["batch_stats"])
+        return jnp.sum(out * weights)
+
+    d_x, d_params = jax.vmap(jax.grad(objective, argnums=(0, 1)), in_axes=(0, None, 0),
+                             axis_name="batch")(x, params, weights)
+    g = np.array([1.0, 0.0, 0.0, 2.0])
+    std = np.sqrt(3.5 + 1e-5)
+    xhat = (np.array([1.0, 2.0, 3.0, 6.0]) - 3.0) / std
+    np.testing.assert_allclose(
+        d_x.ravel(), 2.0 / std * (g - g.mean() - xhat * np.mean(g * xhat)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d_params["bias"].ravel(), [1.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(d_params["scale"].ravel(), [g[0] * xhat[0], g[3] * xhat[3]],
                                rtol=1e-6)
 
 
@@ -712,13 +740,13 @@ def test_layer1_of_any_block_count_computes_the_same_in_every_scan_mode(num_bloc
                                 rtol=1e-5, atol=1e-6)
 
 
-def test_the_scanned_w32_train_program_holds_under_a_quarter_of_the_convolutions():
-    # XLA's compile time grows with the program: count the convolutions JAX
+def test_scanning_the_w32_train_program_lowers_under_half_the_convolutions():
+    # XLA compiles each convolution it is given: count the convolutions JAX
     # lowers for HRNet-W32 (lowering only, nothing is compiled).
     counts = {}
     variables = _abstract_variables("hrnet_w32", 256, 256)
     x = jax.ShapeDtypeStruct((1, 3, 64, 64), jnp.float32)
-    for scan in ("none", "all"):
+    for scan in ("none", "blocks", "all"):
         model = HRNet(dataclasses.replace(get_config("hrnet_w32").model, scan=scan))
 
         def loss(params, batch_stats, x, model=model):
@@ -731,13 +759,19 @@ def test_the_scanned_w32_train_program_holds_under_a_quarter_of_the_convolutions
     # 293 convolutions forward (the reference's 293 conv weights), and up to two
     # per convolution backward (none for the input's gradient).
     assert 2 * 293 < counts["none"] < 3 * 293
+    # Stage 3's four modules and stage 4's first two, each of four blocks of
+    # two convolutions per branch: the blocks scanned, each branch's four
+    # blocks lower once; the modules scanned too, each stage's modules once.
+    assert counts["blocks"] < counts["none"] / 2
     assert counts["all"] < counts["none"] / 4
 
 
-def test_scan_auto_scans_the_blocks_and_the_modules_and_unknown_modes_are_named():
-    from hrnet_jax.models.scan import scan_mode
+def test_scan_auto_scans_the_blocks_of_each_branch_and_unknown_modes_are_named():
+    from hrnet_jax.models.scan import scan_mode, scan_name
 
-    assert scan_mode("auto") == (True, True)
+    assert scan_mode("auto") == (True, False)
+    assert scan_mode("blocks") == (True, False)
+    assert (scan_name("auto"), scan_name("modules")) == ("blocks", "modules")
     assert scan_mode("none") == (False, False)
     assert scan_mode("all") == (True, True)
     with pytest.raises(ValueError, match=r"model\.scan: expected 'auto' or one of .*'blocks'"):

@@ -25,10 +25,27 @@ def tiny_run(tmp_path_factory):
 def test_each_compiled_program_is_written_as_optimised_hlo(tiny_run):
     hlo = HLO_DIR
     names = sorted(p.name for p in hlo.iterdir())
-    assert names == ["hrnet_w8_float32_all_eval_flip.hlo.txt", "hrnet_w8_float32_all_train.hlo.txt"]
+    assert names == ["hrnet_w8_float32_blocks_eval_flip.hlo.txt",
+                     "hrnet_w8_float32_blocks_train.hlo.txt"]
     for name in names:
         text = (hlo / name).read_text()
         assert text.startswith("HloModule ") and "ENTRY " in text and "fusion" in text
+
+
+def test_each_record_counts_the_operations_its_compiled_program_runs(tiny_run):
+    from hrnet_jax.program_census import census
+
+    records, _ = tiny_run
+    by_step = {r.step: r for r in records}
+    for step, record in by_step.items():
+        text = (HLO_DIR / f"hrnet_w8_float32_blocks_{step.replace('+', '_')}.hlo.txt").read_text()
+        counted = census(text)
+        assert (record.ops_per_step, record.loop_iterations) == (
+            counted.operations, counted.loop_iterations)
+        # The scanned blocks run as loops.
+        assert record.loop_iterations > 0
+    # Forward, backward and the optimiser run more than two forward passes.
+    assert by_step["train"].ops_per_step > by_step["eval+flip"].ops_per_step
 
 
 LOG: list[str] = []

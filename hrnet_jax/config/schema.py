@@ -46,7 +46,7 @@ class ModelConfig:
     )
     dtype: str = "float32"  # compute dtype; parameters stay float32
     # Repeated blocks and modules run as one lax.scan each: "auto" (the same
-    # as "all"), "none", "blocks", "modules" or "all".
+    # as "blocks"), "none", "blocks", "modules" or "all".
     # The variables and the results are the same either way.
     scan: str = "auto"
 

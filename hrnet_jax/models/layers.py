@@ -11,7 +11,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from hrnet_jax.models import cpu_convolution
 
@@ -100,6 +99,8 @@ class BatchNorm(nn.Module):
             count = count * jax.lax.psum(1, self.axis_name)
         y, mean, var = _train_batch_norm(x, scale, bias, self.epsilon, self.axis_name,
                                          self.dtype)
+        # The running averages take no gradient (_train_batch_norm passes none back).
+        mean, var = jax.lax.stop_gradient((mean, var))
         if not self.is_initializing():
             unbiased = var * (count / jnp.maximum(count - 1, 1))
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -107,35 +108,62 @@ class BatchNorm(nn.Module):
         return y
 
 
-_BN_STATISTICS = "batch_norm_statistics"
-
-
-@functools.partial(
-    jax.checkpoint, static_argnums=(3, 4, 5),
-    policy=jax.checkpoint_policies.save_only_these_names(_BN_STATISTICS))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _train_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
                       axis_name: str | None, dtype: Any
                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Normalises (..., C) ``x`` with its batch statistics, in float32; returns (y in
     ``dtype``, mean (C,), biased variance (C,)).
 
-    The backward pass keeps only ``x``, in its own dtype, and the statistics,
-    and computes ``x - mean`` in float32 again: kept from the forward pass,
-    that float32 copy of every normalised tensor was most of a bfloat16 train
-    step's memory.
+    Its gradient is written out (:func:`_train_batch_norm_backward`) rather
+    than derived by autodiff, which takes three or four reductions over
+    ``x`` where two suffice, and keeps only ``x``, in its own dtype, and three (C,)
+    vectors for the backward pass: a float32 copy of every normalised
+    tensor, kept, was most of a bfloat16 train step's memory. The statistics
+    it returns are for the running averages, which take no gradient: their
+    cotangents are not propagated.
     """
+    return _train_batch_norm_forward(x, scale, bias, epsilon, axis_name, dtype)[0]
+
+
+def _batch_mean(values: jax.Array, axis_name: str | None) -> jax.Array:
+    """Mean over every axis but the last, and over the mapped axis ``axis_name``."""
+    mean = jnp.mean(values, axis=tuple(range(values.ndim - 1)))
+    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+
+
+def _train_batch_norm_forward(x, scale, bias, epsilon, axis_name, dtype):
     x32 = x.astype(jnp.float32)
+    mean = _batch_mean(x32, axis_name)
+    var = _batch_mean(jnp.square(x32 - mean), axis_name)
+    inverse_std = jax.lax.rsqrt(var + epsilon)
+    y = (x32 - mean) * (inverse_std * scale) + bias
+    return (y.astype(dtype), mean, var), (x, scale, mean, inverse_std)
+
+
+def _train_batch_norm_backward(epsilon, axis_name, dtype, residuals, cotangents):
+    """For y = scale * xhat + bias, xhat = (x - mean) * inverse_std, with mean and
+    variance over the batch (and ``axis_name``) and an upstream gradient g:
+    d bias = sum g, d scale = sum g * xhat (over this device's batch) and
+    d x = scale * inverse_std * (g - mean(g) - xhat * mean(g * xhat)), the means
+    over the whole batch the statistics were taken over.
+    """
+    del epsilon, dtype
+    x, scale, mean, inverse_std = residuals
+    g = cotangents[0].astype(jnp.float32)
+    xhat = (x.astype(jnp.float32) - mean) * inverse_std
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x32, axis=axes)
+    d_bias = jnp.sum(g, axis=axes)
+    d_scale = jnp.sum(g * xhat, axis=axes)
+    count = x.size // x.shape[-1]
+    mean_g, mean_g_xhat = d_bias / count, d_scale / count
     if axis_name is not None:
-        mean = jax.lax.pmean(mean, axis_name)
-    mean = checkpoint_name(mean, _BN_STATISTICS)
-    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-    if axis_name is not None:
-        var = jax.lax.pmean(var, axis_name)
-    var = checkpoint_name(var, _BN_STATISTICS)
-    y = (x32 - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
-    return y.astype(dtype), mean, var
+        mean_g, mean_g_xhat = jax.lax.pmean((mean_g, mean_g_xhat), axis_name)
+    d_x = (scale * inverse_std) * (g - mean_g - xhat * mean_g_xhat)
+    return d_x.astype(x.dtype), d_scale, d_bias
+
+
+_train_batch_norm.defvjp(_train_batch_norm_forward, _train_batch_norm_backward)
 
 
 class ResidualBlock(nn.Module):

@@ -23,18 +23,28 @@ SCAN_MODES = {"none": (False, False), "blocks": (True, False), "modules": (False
 def scan_mode(scan: str) -> tuple[bool, bool]:
     """``(blocks, modules)``: which repeats ``model.scan`` runs as one ``lax.scan``.
 
-    ``"auto"``, the default, scans both on every backend: the program XLA
-    compiles is four times smaller, and on the CPU the step is also faster
-    (its convolutions' gradients are written so that XLA's CPU backend runs
-    them with Eigen inside the loops, see
+    ``"auto"``, the default, is ``"blocks"`` on every backend: each branch's
+    alike residual blocks run as one loop and the modules stay unrolled.
+    Scanning the modules as well (``"all"``) lowers half as many
+    convolutions, but nests the blocks' loops inside the modules' loop, and
+    that program is the slower one to compile and to run, and runs more
+    operations per step (HRNet-W32 at batch 8 on a 2-core CPU, see README's
+    Speed). On the CPU the convolutions inside the loops have their
+    gradients written so that XLA's CPU backend runs them with Eigen (see
     :mod:`~hrnet_jax.models.cpu_convolution`).
     """
     if scan == "auto":
-        scan = "all"
+        scan = "blocks"
     if scan not in SCAN_MODES:
         raise ValueError(f"model.scan: expected 'auto' or one of {sorted(SCAN_MODES)}, "
                          f"got {scan!r}")
     return SCAN_MODES[scan]
+
+
+def scan_name(scan: str) -> str:
+    """The ``model.scan`` mode that ``scan`` names (``"auto"`` as the one it picks)."""
+    blocks_modules = scan_mode(scan)
+    return next(k for k, v in SCAN_MODES.items() if v == blocks_modules)
 
 
 def scan_apply(module: nn.Module, variables: Sequence[Any], carry: Any, train: bool
@@ -48,6 +58,13 @@ def scan_apply(module: nn.Module, variables: Sequence[Any], carry: Any, train: b
     copy's updated ``batch_stats``.
     """
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *variables)
+    # The convolutions compute in the module's dtype: cast their kernels once for
+    # every copy here, not once per iteration inside the loop (the same values).
+    dtype = getattr(module, "dtype", None)
+    if dtype is not None:
+        stacked["params"] = jax.tree_util.tree_map_with_path(
+            lambda path, leaf: leaf.astype(dtype) if path[-1].key == "kernel" else leaf,
+            stacked["params"])
 
     def body(x, v):
         if train:
