@@ -1,7 +1,7 @@
 """Train-step and evaluation throughput, compile time and model FLOPs utilisation.
 
 The steps timed are the ones training runs: :func:`~hrnet_jax.train.steps.make_train_step`
-(forward, backward, Adam update, PCK; state donated) and
+(forward, backward, Adam update, PCK) and
 :func:`~hrnet_jax.evaluation.make_eval_step` (with the flip test and
 post-processing, as validation runs it), pmap'd over every local device.
 
@@ -262,7 +262,7 @@ class StepCase:
     """A pmap'd step and its arguments on the devices, ready to lower, time or profile.
 
     ``name`` is ``train``, ``eval`` or ``eval+flip``. With ``carry_first`` the
-    step's first output is its next first argument (the donated train state):
+    step's first output is its next first argument (the train state):
     :meth:`run` puts it in place of ``args[0]`` after each call.
     """
     name: str
@@ -463,7 +463,7 @@ def run_benchmark(configs: str | Sequence[str] = ("hrnet_w32", "hrnet_w48"), *, 
             case = train_case(cfg, variables, data)
             records.append(_record(step=case.name, timings=_time_case(
                 case, warmup, steps, log, hlo_path(case.name)), **common))
-            del case  # its state was donated; the loop's last state is dropped with it
+            del case  # the loop's last state is dropped with it
             on_record(records[-1])
         if evaluate:
             case = eval_case(cfg, variables, data, flip_test=eval_flip)

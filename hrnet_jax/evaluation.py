@@ -65,18 +65,27 @@ def pck_sums(output: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array
 
 def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | None = None,
                    post_process: bool | None = None) -> Callable:
-    """``step(variables, images, target, target_weight, center, scale, valid)``, pmap'd.
+    """:func:`eval_step_body` ``pmap``'d over the local devices with the axis name ``AXIS``."""
+    return jax.pmap(eval_step_body(cfg, flip_test=flip_test, decode=decode,
+                                   post_process=post_process), axis_name=AXIS)
+
+
+def eval_step_body(cfg: Config, *, flip_test: bool | None = None, decode: str | None = None,
+                   post_process: bool | None = None) -> Callable:
+    """``step(variables, images, target, target_weight, center, scale, valid)`` of one
+    device, to run where the device axis ``AXIS`` is bound (``make_eval_step``'s pmap).
 
     With the flip test the heatmaps are the mean of the image's and of its
     mirror's (flipped back, shifted one column when ``test.shift_heatmap``),
     as the reference validates (in two network calls; one call on a batch of
     2N with ``test.join_mirrors``). Returns ``(outputs, sums)``: ``outputs`` holds
-    per-sample ``preds`` (D, b, J, 2) in original-image pixels and ``maxvals``
-    (D, b, J, 1); ``sums`` (replicated) ``loss_sum`` and ``count`` over valid
-    samples and PCK's ``acc_sum`` and ``acc_count``. Padding (``valid`` False)
-    counts in neither. Keypoints are decoded with ``decode`` (default
-    ``test.decode``; ``post_process=False`` is the reference's spelling of
-    ``"argmax"``), mirrored joints paired by the dataset's flip pairs.
+    per-sample ``preds`` (b, J, 2) in original-image pixels and ``maxvals``
+    (b, J, 1) (with a leading device axis D under the pmap); ``sums``
+    (replicated) ``loss_sum`` and ``count`` over valid samples and PCK's
+    ``acc_sum`` and ``acc_count``. Padding (``valid`` False) counts in
+    neither. Keypoints are decoded with ``decode`` (default ``test.decode``;
+    ``post_process=False`` is the reference's spelling of ``"argmax"``),
+    mirrored joints paired by the dataset's flip pairs.
     """
     model = build_model(cfg)
     flip = cfg.test.flip_test if flip_test is None else flip_test
@@ -110,7 +119,7 @@ def make_eval_step(cfg: Config, *, flip_test: bool | None = None, decode: str | 
         }
         return {"preds": preds, "maxvals": maxvals, "output": output}, sums
 
-    return jax.pmap(step, axis_name=AXIS)
+    return step
 
 
 def predict_dataset(eval_step: Callable, variables: Any, batches: Iterable, num_records: int,

@@ -363,7 +363,7 @@ def profile_step(fn: Callable, args: Sequence[Any], *, steps: int, warmup: int,
       args: its arguments.
       steps: profiled calls (positive); ``warmup``: untimed calls before them.
       log_dir: where ``jax.profiler`` writes the trace.
-      carry_first: the first output is the next call's first argument (a donated train state).
+      carry_first: the first output is the next call's first argument (a train state).
       python_tracer: also trace Python function calls (slows the host down, so off by default).
     """
     import jax

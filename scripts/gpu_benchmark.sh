@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Measures hrnet_jax on one GPU and prints every figure as soon as it is taken.
 #
-#   bash scripts/gpu_benchmark.sh [PART ...]   (default: env w32 scans graph1 cmdbuf e2e)
+#   bash scripts/gpu_benchmark.sh [PART ...]   (default: env w32 blocks graph1 e2e)
 #
 # Parts, in the order given, each bounded by its own time limit (seconds, in
 # brackets) and all together by BUDGET seconds (default 570): a part starts
 # only with 25 s or more left and gets at most what is left.
 #   env       versions and the device                                        [30]
-#   w32       HRNet-W32 256x256, batch 32, as configured by default (each
-#             branch's blocks scanned): bf16 and fp32 train and eval+flip,
+#   w32       HRNet-W32 256x256, batch 32, as configured by default (on a
+#             GPU unrolled, model.scan=none): bf16 and fp32 train and eval+flip,
 #             compiled with a cold persistent cache (bf16 first: the
 #             allocator's peak is the process's, so bf16's is its own); the
 #             programs' optimised HLO (XLA's fusions, loops and copies as the
 #             GPU runs them) into hlo/                                    [240]
+#   blocks    W32 bf16 train and eval+flip with each branch's blocks scanned
+#             (model.scan=blocks, the default on GPUs until 2026-12-08; 70%
+#             more kernels than unrolled in the program XLA compiles for an
+#             H100, scripts/gpu_census.py): the A/B of that change, HLO into
+#             hlo_blocks/                                                 [150]
 #   scans     W32 bf16 train and eval+flip with the modules scanned too
 #             (model.scan=all, the default until 2026-11-27: nested loops),
 #             its HLO into hlo_scan_all/                                  [150]
@@ -21,11 +26,11 @@
 #             (CUDA graph) of every run of capturable kernels, however short
 #             (--xla_gpu_graph_min_graph_size=1; the default is 5): the
 #             kernels between two convolutions are then one launch         [120]
-#   cmdbuf    W32 bf16 train and eval+flip with XLA's command buffers (CUDA
-#             graphs) extended to loops (+WHILE,+CONDITIONAL): the scanned
-#             step's loops then run on the device instead of being driven
-#             iteration by iteration from the host                          [120]
-#   unroll_xla  the same with XLA unrolling the loops itself
+#   cmdbuf    W32 bf16 train and eval+flip, blocks scanned, with XLA's command
+#             buffers (CUDA graphs) extended to loops (+WHILE,+CONDITIONAL):
+#             the scanned step's loops then run on the device instead of
+#             being driven iteration by iteration from the host            [120]
+#   unroll_xla  blocks scanned, XLA unrolling the loops itself
 #             (WHILE_LOOP_UNROLLING_FULL_UNROLL): traced and lowered as
 #             scanned, compiled as unrolled (its HLO in hlo_unroll_xla/) [150]
 #   profile   scripts/profile_step.py on the W32 bf16 train and eval+flip
@@ -49,15 +54,14 @@
 #             kernel cache, LLVM modules compiled in parallel), cold       [100]
 #   joined    W32 bf16 eval+flip with test.join_mirrors=true (image and mirror
 #             in one network call of 2N instead of two calls of N)         [60]
-#   unrolled  W32 bf16 train step with model.scan=none (compile and speed) [100]
 #   w48       HRNet-W48 bf16 train and eval+flip                           [120]
 #   data      scripts/bench_data.py at 8 and 16 workers on 1280x720 JPEGs    [50]
-# scans, graph1, cmdbuf and unroll_xla share the w32 part's cache, so their
+# blocks, scans, graph1, cmdbuf and unroll_xla share the w32 part's cache, so their
 # compile times are with its convolutions' autotuning results at hand.
 # With 15 minutes of device time, two calls (each machine starts with a cold
 # cache): the default parts with BUDGET=570, then, at once (the machine stays
 # warm 30 s),
-# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh warm profile unrolled quick w48 modules autotune llvm data unroll_xla joined`
+# `BUDGET=<what is left> bash scripts/gpu_benchmark.sh warm profile quick w48 cmdbuf scans modules autotune llvm data unroll_xla joined`
 # (the budget cuts the list where it runs out).
 #
 # Everything printed is the record; the benchmark's JSON, the training logs,
@@ -129,7 +133,7 @@ monitor() {  # every 2 s into $1: the python processes, their memory, the machin
   done >"$1"
 }
 
-profile() {  # profile LIMIT NAME ARGS...: the W32 bf16 step, scanned, from the cache
+profile() {  # profile LIMIT NAME ARGS...: the W32 bf16 step as configured, from the cache
   local limit=$1 name=$2
   shift 2
   part "$limit" "$PY" scripts/profile_step.py --config hrnet_w32 --dtype bf16 --batch-size 32 \
@@ -159,11 +163,11 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       ;;
     cmdbuf)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
-        bench 120 w32_cmdbuf_while --configs hrnet_w32 --dtypes bf16
+        bench 120 w32_cmdbuf_while --configs hrnet_w32 --dtypes bf16 --set model.scan=blocks
       ;;
     unroll_xla)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL" \
-        bench 150 w32_xla_unrolled --configs hrnet_w32 --dtypes bf16 \
+        bench 150 w32_xla_unrolled --configs hrnet_w32 --dtypes bf16 --set model.scan=blocks \
           --hlo-dir "$RESULTS/hlo_unroll_xla"
       ;;
     profile_cb) profile 100 train_cb --step train --keep-command-buffers ;;
@@ -188,8 +192,8 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
     w48) bench 120 w48 --configs hrnet_w48 --dtypes bf16 ;;
     joined) bench 60 w32_eval_joined --configs hrnet_w32 --dtypes bf16 --only eval \
               --set test.join_mirrors=true ;;
-    unrolled) bench 100 w32_unrolled --configs hrnet_w32 --dtypes bf16 --only train \
-                --set model.scan=none ;;
+    blocks) bench 150 w32_scan_blocks --configs hrnet_w32 --dtypes bf16 --set model.scan=blocks \
+              --hlo-dir "$RESULTS/hlo_blocks" ;;
     data)
       part 50 "$PY" scripts/bench_data.py --root "$WORK/bench_data" --num 512 --workers 8,16 \
         --batch 32 --image-size 1280x720
@@ -214,12 +218,12 @@ print(jax.devices(), (jax.local_devices()[0].memory_stats() or {}).get('bytes_li
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_graph_min_graph_size=1" \
         bench 120 w32_graph_min_size_1 --configs hrnet_w32 --dtypes bf16
       ;;
-    *) echo "unknown part $1 (env w32 scans modules graph1 cmdbuf unroll_xla profile profile_cb warm e2e quick autotune llvm joined unrolled w48 data)"
+    *) echo "unknown part $1 (env w32 scans modules graph1 cmdbuf unroll_xla profile profile_cb warm e2e quick autotune llvm joined blocks w48 data)"
        return 2 ;;
   esac
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(env w32 scans graph1 cmdbuf e2e)
+[ ${#parts[@]} -eq 0 ] && parts=(env w32 blocks graph1 e2e)
 for p in "${parts[@]}"; do run_part "$p"; done
 echo "=== $(date +%T) done after ${SECONDS} s; results in $OUT/results.tgz"

@@ -45,8 +45,8 @@ class ModelConfig:
         "transition2", "stage3", "transition3", "stage4",
     )
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    # Repeated blocks and modules run as one lax.scan each: "auto" (the same
-    # as "blocks"), "none", "blocks", "modules" or "all".
+    # Repeated blocks and modules run as one lax.scan each: "auto" ("blocks" on
+    # the CPU, "none" on accelerators), "none", "blocks", "modules" or "all".
     # The variables and the results are the same either way.
     scan: str = "auto"
 

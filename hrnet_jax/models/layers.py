@@ -132,10 +132,33 @@ def _batch_mean(values: jax.Array, axis_name: str | None) -> jax.Array:
     return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
 
 
+def batch_moments(x: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over every axis of (..., C) ``x`` but the last, in one pass.
+
+    With ``shift`` the first element of each channel (the same on every device
+    of ``axis_name``: their mean), ``d = x - shift`` and means over the batch::
+
+        mean = shift + E[d]        var = max(E[d^2] - E[d]^2, 0)
+
+    Both sums read ``x`` once, in one reduction (two passes, mean then
+    E[(x - mean)^2], are two reductions and two kernels on a GPU). Shifting
+    by a value of the batch keeps the subtraction from cancelling: the
+    rounding error of ``var`` is about float32's epsilon times
+    ``1 + (shift - mean)^2 / var``, where unshifted moments would have
+    ``mean^2 / var``, which is large for a channel far from zero.
+    """
+    shift = jax.lax.stop_gradient(x[(0,) * (x.ndim - 1)])
+    if axis_name is not None:
+        shift = jax.lax.pmean(shift, axis_name)
+    d = x - shift
+    mean_d = _batch_mean(d, axis_name)
+    mean_d2 = _batch_mean(jnp.square(d), axis_name)
+    return shift + mean_d, jnp.maximum(mean_d2 - jnp.square(mean_d), 0.0)
+
+
 def _train_batch_norm_forward(x, scale, bias, epsilon, axis_name, dtype):
     x32 = x.astype(jnp.float32)
-    mean = _batch_mean(x32, axis_name)
-    var = _batch_mean(jnp.square(x32 - mean), axis_name)
+    mean, var = batch_moments(x32, axis_name)
     inverse_std = jax.lax.rsqrt(var + epsilon)
     y = (x32 - mean) * (inverse_std * scale) + bias
     return (y.astype(dtype), mean, var), (x, scale, mean, inverse_std)
