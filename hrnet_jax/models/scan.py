@@ -25,7 +25,7 @@ def auto_scan(backend: str | None = None) -> str:
 
     ``"blocks"`` on the CPU: each branch's alike residual blocks run as one
     loop and the modules stay unrolled. The unrolled network takes XLA's CPU
-    backend twice as long to compile and runs slower there, and scanning
+    backend more than twice as long to compile and runs slower there, and scanning
     the modules as well (``"all"``) nests the blocks' loops inside the
     modules' loop, a program slower to compile and to run (HRNet-W32 at
     batch 8 on a 2-core CPU, see README's Speed). On the CPU the

@@ -25,7 +25,14 @@ from hrnet_jax.train.state import TrainState, make_optimizer, step_schedule
 
 
 def make_train_step(cfg: Config, *, return_output: bool = False) -> Callable:
-    """:func:`train_step_body` ``pmap``'d over the local devices with the axis name ``AXIS``."""
+    """:func:`train_step_body` ``pmap``'d over the local devices with the axis name ``AXIS``.
+
+    The state is not donated: Adam's update reads each convolution kernel (and
+    its moments) in the layout its gradient comes in, so XLA cannot write the
+    new value over the donated old one and copies every such leaf into place
+    instead (compiled for an H100, 879 of the W32 bfloat16 step's 6,309
+    kernels). A new state costs the size of one state (0.35 GiB for W32).
+    """
     return jax.pmap(train_step_body(cfg, return_output=return_output), axis_name=AXIS)
 
 
@@ -36,12 +43,7 @@ def train_step_body(cfg: Config, *, return_output: bool = False) -> Callable:
     One device's arguments: images (b, 3, H, W), target (b, J, h, w),
     target_weight (b, J, 1), lr_boundaries (K,) int32 from
     :func:`~hrnet_jax.train.state.lr_boundaries`; under the pmap each carries a
-    leading device axis (D, b, 3, H, W). The state is not
-    donated: Adam's update reads each convolution kernel (and its moments) in
-    the layout its gradient comes in, so XLA cannot write the new value over
-    the donated old one and copies every such leaf into place instead (on a
-    GPU, 879 of the W32 bfloat16 step's 6,309 kernels). A new state costs the
-    size of one state (0.35 GiB for W32).
+    leading device axis (D, b, 3, H, W).
     The optimiser is ``make_optimizer(cfg, step_schedule(cfg, lr_boundaries))``:
     with the boundaries passed as data, not compiled in, one program serves
     every dataset size, and the benchmark's program is training's.
